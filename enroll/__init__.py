@@ -1,0 +1,27 @@
+"""enroll: a persistent speaker registry over asit-embed embeddings (SQLite truth, FAISS search).
+
+>>> from enroll import SpeakerRegistry
+>>> reg = SpeakerRegistry()            # in memory, bundled encoder
+>>> len(reg)
+0
+"""
+
+from enroll.registry import (
+    EncoderMismatchError,
+    Match,
+    RegistryError,
+    Speaker,
+    SpeakerRegistry,
+    UnknownSpeakerError,
+    validate_name,
+)
+
+__all__ = [
+    "EncoderMismatchError",
+    "Match",
+    "RegistryError",
+    "Speaker",
+    "SpeakerRegistry",
+    "UnknownSpeakerError",
+    "validate_name",
+]

@@ -1,0 +1,152 @@
+"""The unseen-speaker evaluation protocol: enrollment templates, top-1 identification, EER, minDCF.
+
+Protocol: per speaker, clips sorted by path; the first ``n_enroll`` enroll as the renormalised mean of
+their unit embeddings, the rest are probes scored by cosine against every enrolled speaker. Target trials
+pair a probe with its own speaker, non-target trials with every other one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from speechbrain.utils.metric_stats import EER, minDCF
+
+log = logging.getLogger(__name__)
+
+
+def eer(target_scores: np.ndarray, nontarget_scores: np.ndarray) -> tuple[float, float]:
+    """Equal error rate (fraction) and the threshold where it is reached (SpeechBrain's ``EER``)."""
+    value, threshold = EER(torch.as_tensor(np.asarray(target_scores, dtype=np.float64)),
+                           torch.as_tensor(np.asarray(nontarget_scores, dtype=np.float64)))
+    return float(value), float(threshold)
+
+
+def min_dcf(target_scores: np.ndarray, nontarget_scores: np.ndarray, *, p_target: float = 0.01,
+            c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, float]:
+    """Normalised minimum detection cost (NIST convention, in [0, 1]) and its threshold.
+
+    SpeechBrain's ``minDCF`` returns the raw cost; it is divided here by the cost of the best trivial
+    system, ``min(c_miss · p_target, c_fa · (1 − p_target))``, as NIST SRE and VoxSRC report it.
+    """
+    raw, threshold = minDCF(torch.as_tensor(np.asarray(target_scores, dtype=np.float64)),
+                            torch.as_tensor(np.asarray(nontarget_scores, dtype=np.float64)),
+                            c_miss=c_miss, c_fa=c_fa, p_target=p_target)
+    return float(raw) / min(c_miss * p_target, c_fa * (1 - p_target)), float(threshold)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    top1: float
+    eer: float
+    eer_threshold: float
+    min_dcf: float
+    n_speakers: int
+    n_enroll: int
+    n_probes: int
+    target_scores: np.ndarray
+    nontarget_scores: np.ndarray
+
+    def summary(self) -> dict:
+        """JSON-ready scalars (rates as fractions)."""
+        return {"top1": round(self.top1, 4), "eer": round(self.eer, 4), "eer_threshold": round(self.eer_threshold, 4),
+                "min_dcf": round(self.min_dcf, 4), "n_speakers": self.n_speakers, "n_enroll": self.n_enroll,
+                "n_probes": self.n_probes, "n_target_trials": int(self.target_scores.size),
+                "n_nontarget_trials": int(self.nontarget_scores.size)}
+
+
+def enrollment_split(keys: Sequence[str], speakers: Sequence[str], *, n_enroll: int = 5
+                     ) -> tuple[list[int], list[int]]:
+    """Indices ``(enroll, probe)``: per speaker, its items sorted by key, the first ``n_enroll`` enroll."""
+    if len(keys) != len(speakers):
+        raise ValueError(f"{len(keys)} keys but {len(speakers)} speaker labels")
+    by_speaker: dict[str, list[int]] = {}
+    for i, s in enumerate(speakers):
+        by_speaker.setdefault(s, []).append(i)
+    enroll, probe = [], []
+    for s in sorted(by_speaker):
+        idx = sorted(by_speaker[s], key=lambda i: keys[i])
+        if len(idx) <= n_enroll:
+            raise ValueError(f"speaker {s!r} has {len(idx)} clips; more than n_enroll={n_enroll} are needed")
+        enroll += idx[:n_enroll]
+        probe += idx[n_enroll:]
+    return enroll, probe
+
+
+def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: Sequence[str], *,
+                        n_enroll: int = 5) -> EvalResult:
+    """Score the protocol on precomputed embeddings.
+
+    Args:
+        embeddings: ``(n, dim)`` float, one row per clip (normalised here).
+        speakers: ``n`` speaker labels; keys: ``n`` clip identifiers (paths) that fix the enrollment order.
+
+    >>> rng = np.random.default_rng(0)
+    >>> centres = rng.standard_normal((3, 16))
+    >>> emb = np.repeat(centres, 8, axis=0) + 0.1 * rng.standard_normal((24, 16))
+    >>> res = evaluate_embeddings(emb, [s for s in "abc" for _ in range(8)], [f"{i:02d}" for i in range(24)])
+    >>> res.top1, res.eer, res.n_probes
+    (1.0, 0.0, 9)
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != len(speakers):
+        raise ValueError(f"embeddings of shape {x.shape} do not match {len(speakers)} speaker labels")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or Inf")
+    names = sorted(set(speakers))
+    if len(names) < 2:
+        raise ValueError(f"at least 2 speakers are needed, got {names}")
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    enroll, probe = enrollment_split(keys, speakers, n_enroll=n_enroll)
+    label = {s: i for i, s in enumerate(names)}
+    templates = np.zeros((len(names), x.shape[1]))
+    for i in enroll:
+        templates[label[speakers[i]]] += x[i]
+    templates /= np.linalg.norm(templates, axis=1, keepdims=True)
+    scores = x[probe] @ templates.T                        # (probes, speakers)
+    truth = np.array([label[speakers[i]] for i in probe])
+    rows = np.arange(len(probe))
+    target = scores[rows, truth]
+    nontarget = np.delete(scores, truth + rows * len(names))  # every other speaker, flattened
+    e, threshold = eer(target, nontarget)
+    return EvalResult(top1=float((scores.argmax(1) == truth).mean()), eer=e, eer_threshold=threshold,
+                      min_dcf=min_dcf(target, nontarget)[0], n_speakers=len(names), n_enroll=n_enroll,
+                      n_probes=len(probe), target_scores=target, nontarget_scores=nontarget)
+
+
+def plot_evaluation(result: EvalResult, path, *, title: str = "") -> None:
+    """PNG with the target / non-target score histograms and the DET curve, EER marked on both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+    from sklearn.metrics import det_curve
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    bins = np.linspace(min(result.nontarget_scores.min(), result.target_scores.min()), 1, 60)
+    ax1.hist(result.nontarget_scores, bins=bins, density=True, alpha=0.6, label="non-target")
+    ax1.hist(result.target_scores, bins=bins, density=True, alpha=0.6, label="target")
+    ax1.axvline(result.eer_threshold, color="k", ls="--", lw=1, label=f"EER threshold {result.eer_threshold:.3f}")
+    ax1.set_xlabel("cosine score")
+    ax1.legend()
+    y = np.r_[np.ones_like(result.target_scores), np.zeros_like(result.nontarget_scores)]
+    fpr, fnr, _ = det_curve(y, np.r_[result.target_scores, result.nontarget_scores])
+    clip = lambda p: norm.ppf(np.clip(p, 1e-4, 1 - 1e-4))  # noqa: E731
+    ax2.plot(clip(fpr), clip(fnr))
+    ax2.plot(clip(result.eer), clip(result.eer), "o", label=f"EER {result.eer:.2%}")
+    ticks = [0.001, 0.01, 0.05, 0.2, 0.5]
+    ax2.set_xticks(clip(np.array(ticks)), [f"{t:.1%}" for t in ticks])
+    ax2.set_yticks(clip(np.array(ticks)), [f"{t:.1%}" for t in ticks])
+    ax2.set_xlabel("false accept rate")
+    ax2.set_ylabel("false reject rate")
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.suptitle(title or f"top-1 {result.top1:.1%}   EER {result.eer:.2%}   minDCF(0.01) {result.min_dcf:.3f}   "
+                 f"({result.n_speakers} speakers, {result.n_probes} probes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,264 @@
+"""The ASiT speaker encoder: a Vision Transformer over the log-mel spectrogram.
+
+The spectrogram ``(n_mels, frames)`` is cut into patches (square ``16×16`` or frame-like ``128×2``, with an
+optional stride for overlap), a CLS token is prepended, and pre-norm transformer blocks mix them. The
+embedding head fuses the *global* CLS token with *local* attentive statistics pooled over the patch tokens
+and projects the result to the speaker-embedding size.
+
+Tokens are ordered time-major (all frequency patches of time step 0, then of step 1, ...), so the valid
+tokens of a zero-padded clip always form a prefix and a batch of clips of different lengths gives the same
+embeddings as one clip at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Every dimension of the encoder, including its audio front-end. Saved inside each checkpoint."""
+
+    # front-end
+    sample_rate: int = 16000
+    n_mels: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    cmn: bool = True
+    # > 0: mel bins reaching above this frequency are zeroed after normalisation, so audio recorded at
+    # 8 kHz (telephone band) and wideband audio give the same features; 0 uses the full band
+    max_freq_hz: float = 0.0
+    feat_mean: float = 0.0
+    feat_std: float = 1.0
+    # patches: (mel bins, frames); stride == size means non-overlapping
+    patch_size: tuple[int, int] = (128, 2)
+    patch_stride: tuple[int, int] = (128, 2)
+    # transformer
+    width: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.1
+    # head
+    embedding_dim: int = 192
+    pool_attention_dim: int = 128
+    # lengths in frames: training crop (and the positional table), inference window and hop
+    crop_frames: int = 200
+    window_frames: int = 200
+    hop_frames: int = 100
+    min_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        # Checkpoints store tuples as lists; normalise so equality and hashing keep working.
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        object.__setattr__(self, "patch_stride", tuple(self.patch_stride))
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.patch_size[0] > self.n_mels:
+            raise ValueError(f"patch height {self.patch_size[0]} exceeds n_mels {self.n_mels}")
+        if self.crop_frames < self.patch_size[1]:
+            raise ValueError(f"crop_frames {self.crop_frames} is shorter than one patch ({self.patch_size[1]} frames)")
+
+    @property
+    def freq_patches(self) -> int:
+        return (self.n_mels - self.patch_size[0]) // self.patch_stride[0] + 1
+
+    def time_patches(self, frames: int) -> int:
+        """Number of patch columns for ``frames`` spectrogram frames (0 when shorter than one patch)."""
+        if frames < self.patch_size[1]:
+            return 0
+        return (frames - self.patch_size[1]) // self.patch_stride[1] + 1
+
+    @property
+    def min_frames(self) -> int:
+        return self.patch_size[1]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def asit_tiny(**overrides) -> EncoderConfig:
+    """ViT-Tiny (192 wide, 12 blocks, 3 heads, ≈5.6 M parameters) over frame-like 128×2 patches."""
+    return EncoderConfig(**{**dict(width=192, depth=12, num_heads=3), **overrides})
+
+
+def asit_small(**overrides) -> EncoderConfig:
+    """ViT-Small (384 wide, 12 blocks, 6 heads, ≈22 M parameters) over frame-like 128×2 patches."""
+    return EncoderConfig(**{**dict(width=384, depth=12, num_heads=6), **overrides})
+
+
+class PatchEmbed(nn.Module):
+    """Spectrogram ``(batch, n_mels, frames)`` to time-major patch tokens ``(batch, tokens, width)``."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(1, config.width, kernel_size=config.patch_size, stride=config.patch_stride)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        x = self.proj(spec.unsqueeze(1))  # (B, D, F', T')
+        return x.permute(0, 3, 2, 1).flatten(1, 2)  # (B, T'·F', D), time-major
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # True = attend
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (a few lines; timm, which has it, is not a dependency)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ASiTEncoder(nn.Module):
+    """Spectrogram Vision Transformer with a local–global speaker-embedding head.
+
+    >>> model = ASiTEncoder(asit_tiny(depth=2)).eval()
+    >>> model(torch.randn(3, 128, 150)).shape
+    torch.Size([3, 192])
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        d = config.width
+        self.patch_embed = PatchEmbed(config)
+        n_pos = config.time_patches(config.crop_frames) * config.freq_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, d))
+        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.blocks = nn.ModuleList(Block(d, config.num_heads, config.mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.pool = AttentiveStatisticsPooling(d, attention_channels=config.pool_attention_dim)
+        self.head = nn.Linear(3 * d, config.embedding_dim)
+        self.head_norm = nn.BatchNorm1d(config.embedding_dim)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    def _pos_embed(self, n_time: int) -> torch.Tensor:
+        """Positional table for ``n_time`` patch columns: cropped when shorter, interpolated when longer."""
+        c = self.config
+        table = self.pos_embed.view(1, -1, c.freq_patches, c.width)  # (1, T'max, F', D)
+        if n_time > table.shape[1]:
+            table = F.interpolate(
+                table.permute(0, 3, 2, 1), size=(c.freq_patches, n_time), mode="bilinear", align_corners=False
+            ).permute(0, 3, 2, 1)
+        return table[:, :n_time].flatten(1, 2)
+
+    def _valid_time(self, lengths: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return (torch.div(lengths - c.patch_size[1], c.patch_stride[1], rounding_mode="floor") + 1).clamp(min=0)
+
+    def token_mask(self, lengths: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """``(batch, tokens)`` bool, True for patch tokens lying wholly inside each clip's ``lengths`` frames."""
+        n_valid = self._valid_time(lengths) * self.config.freq_patches
+        return torch.arange(n_tokens, device=lengths.device)[None, :] < n_valid[:, None]
+
+    def forward_features(self, spec: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Transformer tokens of a batch of spectrograms.
+
+        Args:
+            spec: ``(batch, n_mels, frames)`` float32, normalised features, zero-padded past each length.
+            lengths: ``(batch,)`` int64 valid frames per clip; ``None`` when every clip fills ``frames``.
+
+        Returns:
+            ``(tokens, mask)``: ``(batch, 1 + patches, width)`` normalised tokens (CLS first) and the
+            ``(batch, patches)`` bool validity mask of the patch tokens (``None`` without ``lengths``).
+        """
+        c = self.config
+        if spec.shape[1] != c.n_mels:
+            raise ValueError(f"expected {c.n_mels} mel bins, got input of shape {tuple(spec.shape)}")
+        if spec.shape[2] < c.min_frames:
+            raise ValueError(f"input has {spec.shape[2]} frames; at least {c.min_frames} are needed")
+        x = self.patch_embed(spec)
+        n_time = x.shape[1] // c.freq_patches
+        if lengths is None or n_time <= self.pos_embed.shape[1] // c.freq_patches:
+            x = x + self._pos_embed(n_time)
+        else:
+            # Interpolation depends on the length, so each clip gets the table stretched to its own length.
+            x = x + torch.cat([F.pad(self._pos_embed(t), (0, 0, 0, (n_time - t) * c.freq_patches))
+                               for t in self._valid_time(lengths).clamp(min=1).tolist()])
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        mask = None if lengths is None else self.token_mask(lengths, x.shape[1] - 1)
+        attn_mask = None if mask is None else F.pad(mask, (1, 0), value=True)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.norm(x), mask
+
+    def forward_head(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Fuse the global CLS token with attentive statistics of the patch tokens: ``(batch, embedding_dim)``."""
+        cls, patches = tokens[:, 0], tokens[:, 1:]
+        rel = None
+        if mask is not None:
+            # SpeechBrain masks positions < rel·L; half a token below the count keeps float error out of it.
+            rel = (mask.sum(1).to(patches.dtype) - 0.5) / patches.shape[1]
+        stats = self.pool(patches.transpose(1, 2), rel).squeeze(-1)  # (B, 2D)
+        return self.head_norm(self.head(torch.cat([cls, stats], dim=1)))
+
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Speaker embeddings (not yet unit-normalised): ``(batch, embedding_dim)`` float32."""
+        tokens, mask = self.forward_features(spec, lengths)
+        return self.forward_head(tokens, mask)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        w = m.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["EncoderConfig", "ASiTEncoder", "PatchEmbed", "Attention", "Block", "asit_tiny", "asit_small",
+           "count_parameters"]

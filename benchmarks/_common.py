@@ -1,0 +1,16 @@
+"""Shared helpers for the benchmark scripts (they read the training corpus in ../shared)."""
+
+import sys
+from pathlib import Path
+
+SHARED_MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762" / "manifest.csv"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def require(path: Path) -> Path:
+    """Exit with a clear message when the corpus is not beside the checkout."""
+    if not Path(path).is_file():
+        print(f"manifest {path} not found: the benchmarks need the speechocean762 corpus "
+              f"(pass --manifest)", file=sys.stderr)
+        sys.exit(2)
+    return Path(path)

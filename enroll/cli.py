@@ -1,0 +1,137 @@
+"""``asit-enroll`` command line: manage a speaker registry and identify or verify speakers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+
+def _open(args):
+    from asit_embed import load_encoder
+    from enroll import SpeakerRegistry
+
+    encoder = load_encoder(args.checkpoint)
+    return SpeakerRegistry(args.registry, encoder=encoder, threshold=args.threshold, as_norm=args.as_norm)
+
+
+def _matches_json(matches):
+    return [{"name": m.name, "score": round(m.score, 4), "accepted": m.accepted} for m in matches]
+
+
+def cmd_add(args) -> int:
+    with _open(args) as reg:
+        spk = reg.enroll(args.name, args.clips, replace=args.replace)
+    if args.json:
+        print(json.dumps({"name": spk.name, "n_clips": spk.n_clips, "seconds": round(spk.seconds, 2)}))
+    else:
+        print(f"enrolled {spk.name!r}: {spk.n_clips} clip(s), {spk.seconds:.1f} s of speech")
+    return 0
+
+
+def cmd_identify(args) -> int:
+    with _open(args) as reg:
+        results = reg.identify_batch(args.clips, k=args.k)
+        threshold = reg.threshold
+    if args.json:
+        print(json.dumps([{"clip": c, "matches": _matches_json(m)} for c, m in zip(args.clips, results)]))
+        return 0
+    for clip, matches in zip(args.clips, results):
+        best = next((m.name for m in matches if m.accepted), None)
+        print(f"{clip}: {best if best else 'unknown'}  (threshold {threshold:.3f})")
+        for rank, m in enumerate(matches, 1):
+            print(f"  {rank}. {m.name:<24} {m.score:7.3f}  {'accept' if m.accepted else 'reject'}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    with _open(args) as reg:
+        m = reg.verify(args.name, args.clip)
+    if args.json:
+        print(json.dumps(_matches_json([m])[0]))
+    else:
+        print(f"{args.clip} vs {m.name!r}: score {m.score:.3f} -> {'same speaker' if m.accepted else 'different'}")
+    return 0 if m.accepted else 1
+
+
+def cmd_list(args) -> int:
+    with _open(args) as reg:
+        speakers = [reg.speaker(n) for n in reg.names()]
+    if args.json:
+        print(json.dumps([{"name": s.name, "n_clips": s.n_clips, "seconds": round(s.seconds, 2)} for s in speakers]))
+        return 0
+    print(f"{'name':<24} {'clips':>5} {'speech (s)':>10}  enrolled")
+    for s in speakers:
+        when = datetime.fromtimestamp(s.created, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        print(f"{s.name:<24} {s.n_clips:>5} {s.seconds:>10.1f}  {when}")
+    print(f"{len(speakers)} speaker(s)")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    with _open(args) as reg:
+        reg.remove(args.name)
+    print(json.dumps({"removed": args.name}) if args.json else f"removed {args.name!r}")
+    return 0
+
+
+def cmd_rename(args) -> int:
+    with _open(args) as reg:
+        reg.rename(args.old, args.new)
+    print(json.dumps({"renamed": args.old, "to": args.new}) if args.json else f"renamed {args.old!r} to {args.new!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asit-enroll", description=__doc__)
+    p.add_argument("--registry", required=True, help="registry directory (created if missing)")
+    p.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
+    p.add_argument("--threshold", type=float, help="accept threshold (default: the calibrated one)")
+    p.add_argument("--as-norm", action="store_true", help="AS-norm scoring against the shipped cohort")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("add", help="enroll a speaker from one or more clips")
+    a.add_argument("name")
+    a.add_argument("clips", nargs="+")
+    a.add_argument("--replace", action="store_true", help="replace the speaker's clips instead of adding")
+    a.set_defaults(func=cmd_add)
+    i = sub.add_parser("identify", help="who is speaking in each clip")
+    i.add_argument("clips", nargs="+")
+    i.add_argument("--k", type=int, default=5)
+    i.set_defaults(func=cmd_identify)
+    v = sub.add_parser("verify", help="is this clip the named speaker (exit 0 yes, 1 no)")
+    v.add_argument("name")
+    v.add_argument("clip")
+    v.set_defaults(func=cmd_verify)
+    sub.add_parser("list", help="enrolled speakers").set_defaults(func=cmd_list)
+    r = sub.add_parser("remove", help="delete a speaker")
+    r.add_argument("name")
+    r.set_defaults(func=cmd_remove)
+    n = sub.add_parser("rename", help="rename a speaker")
+    n.add_argument("old")
+    n.add_argument("new")
+    n.set_defaults(func=cmd_rename)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    from asit_embed import AudioError, CheckpointError
+    from enroll import RegistryError, UnknownSpeakerError
+
+    try:
+        return args.func(args)
+    except (AudioError, CheckpointError, RegistryError, FileNotFoundError, ValueError, TypeError) as err:
+        print(f"asit-enroll {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except UnknownSpeakerError as err:
+        print(f"asit-enroll {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

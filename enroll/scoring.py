@@ -1,0 +1,30 @@
+"""Adaptive symmetric score normalisation (AS-norm) against a cohort of other speakers' embeddings.
+
+No dependency ships AS-norm for embeddings in a reusable form (SpeechBrain keeps it inside a recipe), so
+it is written here: for a trial (e, t) with raw cosine s, each side's mean and std of its top-N cohort
+scores give ``0.5 * ((s - μ_e) / σ_e + (s - μ_t) / σ_t)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ASNorm:
+    def __init__(self, cohort: np.ndarray, *, top_n: int = 50):
+        cohort = np.ascontiguousarray(cohort, dtype=np.float32)
+        if cohort.ndim != 2 or len(cohort) < 2:
+            raise ValueError(f"cohort must be (m >= 2, dim) embeddings, got shape {cohort.shape}")
+        self.cohort = cohort / np.linalg.norm(cohort, axis=1, keepdims=True)
+        self.top_n = min(top_n, len(cohort))
+
+    def stats(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of each row's top-N cohort scores: two ``(n,)`` float32 arrays."""
+        s = np.asarray(x, dtype=np.float32) @ self.cohort.T
+        top = -np.partition(-s, self.top_n - 1, axis=1)[:, : self.top_n]
+        return top.mean(1), top.std(1) + 1e-6
+
+    def normalize(self, scores: np.ndarray, queries: np.ndarray, mu_t: np.ndarray, sd_t: np.ndarray) -> np.ndarray:
+        """AS-norm of ``scores (n, k)`` for ``queries (n, dim)`` against templates with stats ``(n, k)``."""
+        mu_e, sd_e = self.stats(queries)
+        return 0.5 * ((scores - mu_e[:, None]) / sd_e[:, None] + (scores - mu_t) / sd_t)

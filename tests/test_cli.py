@@ -1,0 +1,50 @@
+import json
+
+import numpy as np
+
+from asit_embed.cli import main as embed_main
+from enroll.cli import main as enroll_main
+
+
+def test_embed_writes_npy(clip_rows, tmp_path, capsys):
+    out = tmp_path / "e.npy"
+    assert embed_main(["embed", clip_rows[0]["path"], clip_rows[1]["path"], "--out", str(out)]) == 0
+    emb = np.load(out)
+    assert emb.shape == (2, 192) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_embed_bad_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("nope")
+    assert embed_main(["embed", str(bad)]) == 2
+    assert "could not be decoded" in capsys.readouterr().err
+
+
+def test_evaluate_on_bundled_clips(clips_manifest, tmp_path, capsys):
+    assert embed_main(["evaluate", "--data", str(clips_manifest), "--n-enroll", "3", "--out",
+                       str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["n_speakers"] == 6 and summary["n_probes"] == 18 and 0 <= summary["eer"] <= 1
+    assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_enroll_cli_round_trip(clip_rows, tmp_path, capsys):
+    reg = ["--registry", str(tmp_path / "reg")]
+    a = [r["path"] for r in clip_rows if r["speaker"] == "0036"]
+    b = [r["path"] for r in clip_rows if r["speaker"] == "1027"]
+    assert enroll_main(reg + ["add", "alice", *a[:3]]) == 0
+    assert enroll_main(reg + ["add", "bob", *b[:3]]) == 0
+    capsys.readouterr()
+    assert enroll_main(reg + ["--json", "identify", a[4], "--k", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["clip"] == a[4] and len(result[0]["matches"]) == 2
+    assert enroll_main(reg + ["--json", "list"]) == 0
+    assert [s["name"] for s in json.loads(capsys.readouterr().out)] == ["alice", "bob"]
+    assert enroll_main(reg + ["rename", "bob", "robert"]) == 0
+    assert enroll_main(reg + ["remove", "alice"]) == 0
+    capsys.readouterr()
+    assert enroll_main(reg + ["list"]) == 0
+    out = capsys.readouterr().out
+    assert "robert" in out and "alice" not in out
+    assert enroll_main(reg + ["verify", "alice", a[4]]) == 2
+    assert "no speaker named 'alice'" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asit_embed import AudioError, SpeakerEncoder, similarity
+from asit_embed.audio import load_audio
+
+
+def test_embeddings_are_unit_norm_float32_and_deterministic(encoder, clip_rows):
+    a = encoder.embed_file(clip_rows[0]["path"])
+    b = encoder.embed_file(clip_rows[0]["path"])
+    assert a.shape == (encoder.dim,) and a.dtype == np.float32
+    assert abs(np.linalg.norm(a) - 1) < 1e-5 and np.isfinite(a).all()
+    assert np.array_equal(a, b)
+
+
+def test_batch_equals_one_by_one(encoder, clip_rows):
+    paths = [r["path"] for r in clip_rows[:10]]  # 2.3 … 7.6 s: short clips padded, long ones windowed
+    batched = encoder.embed_files(paths, batch_size=4)
+    single = np.stack([encoder.embed_file(p) for p in paths])
+    assert batched.shape == (10, encoder.dim)
+    assert (np.sum(batched * single, axis=1) >= 0.999).all()
+
+
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_resampled_copies_embed_alike(encoder, clip_rows, rate):
+    import torchaudio.functional as AF
+
+    wave = load_audio(clip_rows[1]["path"])
+    other = AF.resample(torch.from_numpy(wave), 16000, rate).numpy()
+    assert similarity(encoder.embed(wave, 16000), encoder.embed(other, rate)) >= 0.98
+
+
+def test_stereo_and_integer_input(encoder, clip_rows):
+    wave = load_audio(clip_rows[2]["path"])
+    mono = encoder.embed(wave, 16000)
+    stereo = np.stack([wave, wave], axis=1)  # (samples, channels)
+    assert similarity(mono, encoder.embed(stereo, 16000)) > 0.9999
+    pcm16 = np.round(wave * 32767).astype(np.int16)
+    assert similarity(mono, encoder.embed(pcm16, 16000)) > 0.999
+
+
+def test_long_file_is_windowed_in_bounded_memory(encoder, clip_rows, tmp_path):
+    # 3 minutes of one speaker's clips back to back: many windows, averaged.
+    speaker = clip_rows[0]["speaker"]
+    waves = [load_audio(r["path"]) for r in clip_rows if r["speaker"] == speaker]
+    long = np.tile(np.concatenate(waves), 8)[: 16000 * 180]
+    path = tmp_path / "long.flac"
+    sf.write(path, long, 16000)
+    emb = encoder.embed_file(path)
+    assert emb.shape == (encoder.dim,) and np.isfinite(emb).all()
+    assert len(encoder._windows(18000)) > 100
+    # still the same speaker as one of its clips
+    assert similarity(emb, encoder.embed(waves[0], 16000)) > 0.5
+
+
+def test_windows_cover_the_clip(encoder):
+    c = encoder.config
+    assert encoder._windows(c.window_frames) == [(0, c.window_frames)]
+    wins = encoder._windows(c.window_frames * 3 + 7)
+    assert wins[0][0] == 0 and wins[-1][1] == c.window_frames * 3 + 7
+    assert all(b - a == c.window_frames for a, b in wins)
+
+
+def test_bad_input_is_an_audio_error(encoder, tmp_path):
+    with pytest.raises(AudioError):
+        encoder.embed(np.zeros(16000, dtype=np.float32), 16000)
+    with pytest.raises(AudioError):
+        encoder.embed(np.full(16000, np.nan, dtype=np.float32), 16000)
+    bad = tmp_path / "x.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(AudioError):
+        encoder.embed_file(bad)
+    with pytest.raises(TypeError, match="sample_rate"):
+        encoder.embed_clip(np.ones(16000))
+
+
+def test_similarity_checks_shapes():
+    assert similarity(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == 0.0
+    with pytest.raises(ValueError, match="differ"):
+        similarity(np.ones(3), np.ones(4))
+
+
+def test_from_model_wraps_in_memory_models():
+    from asit_embed.model import ASiTEncoder, asit_tiny
+
+    torch.manual_seed(0)
+    model = ASiTEncoder(asit_tiny(depth=1))
+    enc = SpeakerEncoder.from_model(model)
+    t = np.arange(16000) / 16000
+    e = enc.embed(0.1 * np.sin(2 * np.pi * 200 * t), 16000)
+    assert e.shape == (192,) and len(enc.fingerprint) == 16

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from asit_embed.metrics import eer, enrollment_split, evaluate_embeddings, min_dcf, plot_evaluation
+
+
+def brute_force_eer(tgt, non):
+    best = (2.0, None)
+    for t in np.unique(np.r_[tgt, non]):
+        frr, far = (tgt < t).mean(), (non >= t).mean()
+        if abs(frr - far) < best[0]:
+            best = (abs(frr - far), (frr + far) / 2)
+    return best[1]
+
+
+def test_eer_separable_and_overlapping():
+    assert eer(np.array([0.9, 0.8, 0.7]), np.array([0.1, 0.2, 0.3]))[0] == 0.0
+    rng = np.random.default_rng(0)
+    tgt, non = rng.normal(1, 1, 400), rng.normal(-1, 1, 4000)
+    assert abs(eer(tgt, non)[0] - brute_force_eer(tgt, non)) < 0.005
+    assert abs(eer(tgt, non)[0] - 0.1587) < 0.03  # two unit Gaussians 2 apart: EER = Φ(-1)
+
+
+def test_min_dcf_is_normalised():
+    assert min_dcf(np.array([0.9, 0.8]), np.array([0.1, 0.2]))[0] == 0.0
+    rng = np.random.default_rng(1)
+    value = min_dcf(rng.normal(0, 1, 300), rng.normal(0, 1, 3000))[0]
+    assert 0.8 <= value <= 1.0  # chance-level scores: no better than always rejecting
+
+
+def test_enrollment_split_sorts_by_key_and_checks_counts():
+    keys = ["b3", "a1", "b1", "a2", "b2", "a3"]
+    spk = ["b", "a", "b", "a", "b", "a"]
+    enroll, probe = enrollment_split(keys, spk, n_enroll=2)
+    assert [keys[i] for i in enroll] == ["a1", "a2", "b1", "b2"]
+    assert [keys[i] for i in probe] == ["a3", "b3"]
+    with pytest.raises(ValueError, match="speaker 'a' has 3 clips"):
+        enrollment_split(keys, spk, n_enroll=3)
+
+
+def test_evaluate_counts_and_a_swapped_label():
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((4, 32))
+    emb = np.repeat(centres, 7, axis=0) + 0.05 * rng.standard_normal((28, 32))
+    spk = [s for s in "abcd" for _ in range(7)]
+    keys = [f"{i:03d}" for i in range(28)]
+    res = evaluate_embeddings(emb, spk, keys, n_enroll=5)
+    assert (res.top1, res.eer, res.n_probes) == (1.0, 0.0, 8)
+    assert res.target_scores.shape == (8,) and res.nontarget_scores.shape == (24,)
+    spk[13] = "a"  # the last clip of "b" (key 013, still a probe) now claims to be "a"
+    res = evaluate_embeddings(emb, spk, keys, n_enroll=5)
+    assert res.n_probes == 8 and res.top1 == pytest.approx(7 / 8)
+
+
+def test_evaluate_rejects_bad_input(tmp_path):
+    emb = np.ones((4, 3))
+    with pytest.raises(ValueError, match="do not match"):
+        evaluate_embeddings(emb, ["a"] * 3, ["k"] * 3)
+    with pytest.raises(ValueError, match="at least 2 speakers"):
+        evaluate_embeddings(emb, ["a"] * 4, list("wxyz"), n_enroll=2)
+    emb[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_embeddings(emb, list("aabb"), list("wxyz"), n_enroll=1)
+
+
+def test_plot_writes_png(tmp_path):
+    rng = np.random.default_rng(3)
+    emb = np.repeat(rng.standard_normal((3, 8)), 6, axis=0) + 0.5 * rng.standard_normal((18, 8))
+    res = evaluate_embeddings(emb, [s for s in "xyz" for _ in range(6)], [f"{i:02d}" for i in range(18)], n_enroll=3)
+    plot_evaluation(res, tmp_path / "eval.png")
+    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,54 @@
+import dataclasses
+
+import pytest
+import torch
+
+from asit_embed.model import ASiTEncoder, EncoderConfig, asit_small, asit_tiny, count_parameters
+
+
+def tiny(**kw):
+    return asit_tiny(**{**dict(width=48, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=24), **kw})
+
+
+def test_presets_have_the_advertised_size():
+    assert 5.0e6 < count_parameters(ASiTEncoder(asit_tiny())) < 6.0e6
+    assert 20e6 < count_parameters(ASiTEncoder(asit_small())) < 23e6
+
+
+@pytest.mark.parametrize("patch,stride", [((128, 2), (128, 2)), ((16, 16), (16, 16)), ((16, 16), (10, 10))])
+def test_variable_length_input_and_padding_masks(patch, stride):
+    torch.manual_seed(0)
+    model = ASiTEncoder(tiny(patch_size=patch, patch_stride=stride, crop_frames=100)).eval()
+    spec = torch.randn(3, 128, 260)  # longer than the positional table: interpolated
+    lengths = torch.tensor([260, 130, 40])
+    with torch.no_grad():
+        batched = model(spec, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(spec[i:i + 1, :, :n])
+            assert torch.allclose(batched[i], alone[0], atol=1e-4), (patch, stride, n)
+    assert batched.shape == (3, 24) and torch.isfinite(batched).all()
+
+
+def test_token_mask_marks_whole_patches_only():
+    model = ASiTEncoder(tiny(patch_size=(16, 16), patch_stride=(16, 16)))
+    mask = model.token_mask(torch.tensor([15, 16, 47]), 16)
+    # 128 mel / 16 = 8 frequency patches per time step; 47 frames -> 2 whole time steps
+    assert mask.sum(1).tolist() == [0, 8, 16]
+
+
+def test_config_is_frozen_and_checked():
+    cfg = asit_tiny()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.width = 10
+    with pytest.raises(ValueError, match="divisible"):
+        EncoderConfig(width=100, num_heads=3)
+    assert EncoderConfig(**cfg.to_dict()) == cfg  # round trip through a plain dict (lists for tuples)
+    assert EncoderConfig(**{**cfg.to_dict(), "patch_size": [16, 16], "patch_stride": [16, 16]}).patch_size == (16, 16)
+
+
+def test_too_short_input_is_a_clear_error():
+    model = ASiTEncoder(tiny()).eval()
+    with pytest.raises(ValueError, match="at least 2"):
+        model(torch.randn(1, 128, 1))
+    with pytest.raises(ValueError, match="mel bins"):
+        model(torch.randn(1, 80, 100))

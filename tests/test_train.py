@@ -1,0 +1,104 @@
+"""Tiny training runs on the bundled real clips (6 speakers)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from asit_embed.augment import AugmentConfig
+from asit_embed.checkpoint import load_checkpoint
+from asit_embed.train import TrainConfig, train
+
+TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,
+            window_frames=100, hop_frames=50, drop_path=0.0)
+NO_AUG = AugmentConfig(p_noise=0, p_speed=0, p_drop_chunk=0, p_drop_freq=0, p_gain=0, p_specaug=0)
+
+
+def config(tmp_path, clips_manifest, **kw):
+    base = dict(data=str(clips_manifest), out_dir=str(tmp_path / "run"), train_role=None, dev_role=None,
+                encoder=TINY, augment=NO_AUG, epochs=12, batch_size=12, lr=3e-3, warmup_epochs=1,
+                margin=0.1, margin_start=2, margin_ramp=2, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+@pytest.mark.slow
+def test_tiny_run_overfits_real_clips(tmp_path, clips_manifest):
+    cfg = config(tmp_path, clips_manifest)
+    train(cfg)
+    log = read_log(cfg.out_dir)
+    assert len(log) == 12
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"]
+    assert log[-1]["train_acc"] > log[0]["train_acc"] and log[-1]["train_acc"] >= 0.8
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "best.pt"))
+    assert ckpt.metadata["speakers"] == sorted({"0036", "0070", "1027", "1418", "3020", "9611"})
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(tmp_path, clips_manifest):
+    aug = AugmentConfig(p_noise=0.5, p_speed=0.5, p_drop_chunk=0.5, p_drop_freq=0.5, p_specaug=0.5)
+    full = config(tmp_path / "a", clips_manifest, epochs=3, augment=aug)
+    train(full)
+    part = config(tmp_path / "b", clips_manifest, epochs=3, augment=aug)
+    train(TrainConfig.from_dict({**part.to_dict(), "max_minutes": 0.0}))  # stops after the first epoch
+    assert len(read_log(part.out_dir)) == 1
+    train(part, resume=True)
+    a = torch.load(os.path.join(full.out_dir, "last.pt"), weights_only=True)["model"]
+    b = torch.load(os.path.join(part.out_dir, "last.pt"), weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in read_log(full.out_dir)] == [r["loss"] for r in read_log(part.out_dir)]
+
+
+@pytest.mark.slow
+def test_dev_evaluation_and_best_checkpoint(tmp_path, clips_manifest):
+    # train on 4 speakers, evaluate on the other 2 (unseen) with 3 enrollment clips each
+    import csv
+
+    rows = list(csv.DictReader(open(clips_manifest)))
+    dev = {"3020", "9611"}
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "speaker", "role"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"path": str(clips_manifest.parent / r["path"]), "speaker": r["speaker"],
+                        "role": "dev" if r["speaker"] in dev else "train"})
+    cfg = config(tmp_path, manifest, train_role="train", dev_role="dev", epochs=2, batch_size=8)
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "n_enroll": 3})
+    train(cfg)
+    log = read_log(cfg.out_dir)
+    assert {"dev_eer", "dev_top1", "dev_min_dcf", "lr", "wall_seconds"} <= set(log[-1])
+    best = load_checkpoint(os.path.join(cfg.out_dir, "best.pt")).metadata["dev"]
+    assert best["dev_eer"] == min(r["dev_eer"] for r in log)
+
+
+def test_dev_speakers_must_be_unseen(tmp_path, clips_manifest):
+    cfg = config(tmp_path, clips_manifest, dev_role=None, dev_data=str(clips_manifest))
+    with pytest.raises(ValueError, match="unseen"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_stays_in_sync(tmp_path, clips_manifest):
+    cfg = config(tmp_path, clips_manifest, epochs=2, batch_size=6)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    script = ("import json,sys; from asit_embed.train import TrainConfig, train; "
+              "train(TrainConfig.from_dict(json.load(open(sys.argv[1]))))")
+    (tmp_path / "run_ddp.py").write_text(script)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "run_ddp.py"), str(tmp_path / "cfg.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_log(cfg.out_dir)
+    assert len(log) == 2
+    for record in log:
+        a, b = record["param_checksums"]
+        assert a == b
+    assert json.load(open(os.path.join(cfg.out_dir, "config.json")))["world_size"] == 2

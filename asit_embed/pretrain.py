@@ -1,0 +1,342 @@
+"""ASiT self-supervised pretraining: GMML masked spectrogram modelling + local–global teacher–student.
+
+Following Atito et al., "ASiT: Local-Global Audio Spectrogram vIsion Transformer for Event
+Classification" (TASLP 2024), scaled down for small CPUs:
+
+- **GMML corruption** (:func:`gmml_corrupt`): 50–70 % of each crop's area is covered by random blocks (each
+  up to 30 % of the height/width, not aligned to patches), filled with noise, zeros, or — for some
+  samples — the same area of another clip in the batch.
+- **Reconstruction**: a linear head maps each student token back to its patch; L1 on the corrupted area only.
+- **Global**: DINO-style distillation of the CLS token across two views (teacher sees clean crops;
+  projection head, centering, teacher temperature warm-up).
+- **Local**: token-level distillation of every patch token of the same view.
+- Teacher = EMA of the student, momentum on a cosine schedule from ``ema_start`` to 1.
+
+Only unlabelled audio is used; the result is an encoder checkpoint that ``asit-embed train --init`` fine-tunes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asit_embed.checkpoint import save_checkpoint
+from asit_embed.data import load_items, load_waveforms, random_crop
+from asit_embed.features import fbank, normalize, samples_for_frames
+from asit_embed.model import ASiTEncoder, EncoderConfig
+from asit_embed.train import _seed_all, feature_stats
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "asit-embed/pretrain-state"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: str
+    out_dir: str = "runs/pretrain"
+    role: str | None = "train"
+    encoder: dict = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    grad_clip: float = 3.0
+    # GMML
+    mask_ratio: tuple[float, float] = (0.5, 0.7)
+    max_block: float = 0.3
+    p_replace: float = 0.5           # per sample: fill from another clip instead of noise/zeros
+    # teacher–student
+    ema_start: float = 0.996
+    global_dim: int = 1024           # 8192 in the paper; scaled down with the data
+    local_dim: int = 256             # 1024 in the paper
+    teacher_temp: float = 0.04
+    teacher_temp_end: float = 0.07
+    teacher_temp_epochs: int = 30
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    # loss weights; 0 switches a term off
+    w_global: float = 1.0
+    w_local: float = 1.0
+    w_recon: float = 2.0
+    seed: int = 0
+    max_minutes: float | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask_ratio", tuple(self.mask_ratio))
+        lo, hi = self.mask_ratio
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"mask_ratio {self.mask_ratio} must satisfy 0 < low <= high < 1")
+        if self.w_global == self.w_local == self.w_recon == 0:
+            raise ValueError("every loss weight is 0: nothing to train")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def gmml_mask(shape: tuple[int, int, int], *, ratio: tuple[float, float] = (0.5, 0.7), max_block: float = 0.3,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random block masks: ``(batch, n_mels, frames)`` bool, True where corrupted.
+
+    Each sample draws a target fraction in ``ratio`` and adds rectangles (each at most ``max_block`` of the
+    height and width) until the target is reached; the last block is trimmed so the area stays close to it
+    and the crop is never wholly covered.
+    """
+    b, h, w = shape
+    masks = torch.zeros(shape, dtype=torch.bool)
+    for i in range(b):
+        target = max(1, round(float(torch.empty(()).uniform_(*ratio, generator=generator)) * h * w))
+        m = masks[i]
+        while int(m.sum()) < target:
+            bh = int(torch.randint(1, max(2, int(max_block * h) + 1), (), generator=generator))
+            bw = int(torch.randint(1, max(2, int(max_block * w) + 1), (), generator=generator))
+            y = int(torch.randint(0, h - bh + 1, (), generator=generator))
+            x = int(torch.randint(0, w - bw + 1, (), generator=generator))
+            block = torch.zeros_like(m)
+            block[y:y + bh, x:x + bw] = True
+            new = block & ~m
+            missing = target - int(m.sum())
+            if new.sum() > missing:  # trim: keep only as many new cells as needed, row by row
+                flat = new.flatten().nonzero().squeeze(1)[:missing]
+                new = torch.zeros(h * w, dtype=torch.bool)
+                new[flat] = True
+                new = new.view(h, w)
+            m |= new
+    return masks
+
+
+def gmml_corrupt(spec: torch.Tensor, mask: torch.Tensor, *, p_replace: float = 0.5) -> torch.Tensor:
+    """Fill the masked area of ``spec (batch, n_mels, frames)``: with probability ``p_replace`` per sample
+    the same area of the next clip in the batch, otherwise Gaussian noise or zeros (even odds)."""
+    b = spec.shape[0]
+    choice = torch.rand(b)
+    noise = torch.randn_like(spec) * (torch.rand(b) < 0.5).float().view(b, 1, 1)  # noise, or zeros
+    other = spec.roll(1, dims=0)
+    fill = torch.where((choice < p_replace).view(b, 1, 1) & (b > 1), other, noise)
+    return torch.where(mask, fill, spec)
+
+
+class Head(nn.Module):
+    """DINO projection head: 3-layer MLP, L2-normalised bottleneck, weight-normalised prototype layer."""
+
+    def __init__(self, width: int, out_dim: int, hidden: int = 512, bottleneck: int = 128):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+        self.last.parametrizations.weight.original0.data.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(F.normalize(self.mlp(x), dim=-1))
+
+
+class ASiTPretrainer(nn.Module):
+    """Student encoder + global / local / reconstruction heads; the teacher is an EMA copy of all of it."""
+
+    def __init__(self, config: EncoderConfig, cfg: PretrainConfig):
+        super().__init__()
+        self.encoder = ASiTEncoder(config)
+        w = config.width
+        self.global_head = Head(w, cfg.global_dim)
+        self.local_head = Head(w, cfg.local_dim)
+        self.recon = nn.Linear(w, config.patch_size[0] * config.patch_size[1])
+
+    def tokens(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(spec)[0]
+
+    def reconstruct(self, tokens: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens → spectrogram ``(batch, n_mels, frames)`` (overlaps averaged) and a coverage mask."""
+        c = self.encoder.config
+        b, n, _ = tokens.shape
+        n_t = n // c.freq_patches
+        patches = self.recon(tokens).view(b, n_t, c.freq_patches, -1)           # time-major tokens
+        cols = patches.permute(0, 3, 2, 1).reshape(b, -1, c.freq_patches * n_t)  # fold wants row-major (f, t)
+        out_size = (c.n_mels, (n_t - 1) * c.patch_stride[1] + c.patch_size[1])
+        fold = dict(output_size=out_size, kernel_size=c.patch_size, stride=c.patch_stride)
+        summed = F.fold(cols, **fold)
+        count = F.fold(torch.ones_like(cols[:1]), **fold)
+        recon = (summed / count.clamp(min=1)).squeeze(1)
+        covered = (count > 0).squeeze(1).squeeze(0)
+        return F.pad(recon, (0, size[1] - out_size[1])), F.pad(covered, (0, size[1] - out_size[1]))
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean L1 over corrupted cells only (``mask`` True); 0 when nothing is masked."""
+    m = mask.float()
+    return ((recon - target).abs() * m).sum() / m.sum().clamp(min=1)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, t_s: float, t_t: float
+                 ) -> torch.Tensor:
+    """KL(teacher ‖ student) of the centred, sharpened teacher distribution, over the last dim.
+
+    DINO minimises the cross-entropy H(t, s); KL = H(t, s) − H(t) has the same gradient for the student
+    (the teacher gets none) but, unlike the cross-entropy, falls as the student learns even while
+    centering raises the teacher's entropy — so the logged value shows progress.
+    """
+    log_t = F.log_softmax((teacher - center) / t_t, dim=-1)
+    return (log_t.exp() * (log_t - F.log_softmax(student / t_s, dim=-1))).sum(-1).mean()
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher ← momentum · teacher + (1 − momentum) · student, parameter by parameter."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+
+
+def _cosine(start: float, end: float, t: float) -> float:
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(1.0, max(0.0, t))))
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
+    """Pretrain; writes ``config.json``, ``log.jsonl``, ``last.pt`` (resumable) and ``encoder.pt`` into
+    ``cfg.out_dir``. Returns the last log record."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = load_items(cfg.data, role=cfg.role, workdir=out)
+    state_path = out / "last.pt"
+    state = None
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{state_path} is not a pretraining state")
+        enc_cfg = EncoderConfig(**state["encoder_config"])
+    else:
+        enc_cfg = EncoderConfig(**cfg.encoder)
+        mean, std = feature_stats(items, enc_cfg)
+        enc_cfg = dataclasses.replace(enc_cfg, feat_mean=mean, feat_std=std)
+    _seed_all(cfg.seed)
+    student = ASiTPretrainer(enc_cfg, cfg)
+    teacher = copy.deepcopy(student)
+    centers = {"global": torch.zeros(cfg.global_dim), "local": torch.zeros(cfg.local_dim)}
+    decay = [p for n, p in student.named_parameters() if p.ndim > 1 and not n.endswith(("cls_token", "pos_embed"))]
+    no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and not n.endswith(("cls_token", "pos_embed")))]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    start_epoch, elapsed = 0, 0.0
+    if state is not None:
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        opt.load_state_dict(state["optimizer"])
+        centers = state["centers"]
+        start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    (out / "config.json").write_text(json.dumps({"pretrain": cfg.to_dict(), "encoder": enc_cfg.to_dict()}, indent=2))
+
+    crop = samples_for_frames(enc_cfg.crop_frames, enc_cfg)
+    waves = [torch.from_numpy(w) for w in load_waveforms(items, enc_cfg.sample_rate)]
+    steps = len(waves) // cfg.batch_size
+    if steps == 0:
+        raise ValueError(f"{len(waves)} clips do not fill one batch of {cfg.batch_size}")
+    total = cfg.epochs * steps
+
+    def views(idx: list[int]) -> torch.Tensor:
+        return torch.stack([normalize(fbank(random_crop(waves[i], crop), enc_cfg), enc_cfg).T for i in idx])
+
+    t_run, record = time.monotonic(), {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.monotonic()
+        _seed_all(cfg.seed * 100003 + epoch)
+        perm = torch.randperm(len(waves)).tolist()
+        t_t = cfg.teacher_temp_end if epoch >= cfg.teacher_temp_epochs else (
+            cfg.teacher_temp + (cfg.teacher_temp_end - cfg.teacher_temp) * epoch / max(1, cfg.teacher_temp_epochs))
+        sums = {"global": 0.0, "local": 0.0, "recon": 0.0, "total": 0.0}
+        it = range(steps)
+        if cfg.progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"pretrain {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+        student.train()
+        for step in it:
+            g = epoch * steps + step
+            lr = cfg.lr * (g + 1) / (cfg.warmup_epochs * steps) if g < cfg.warmup_epochs * steps else \
+                _cosine(cfg.lr, cfg.min_lr, (g - cfg.warmup_epochs * steps) / max(1, total - cfg.warmup_epochs * steps))
+            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
+            opt.param_groups[0]["weight_decay"] = _cosine(cfg.weight_decay_end, cfg.weight_decay, 1 - g / total)
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            clean = torch.cat([views(idx), views(idx)])           # two crops of each clip: (2B, F, T)
+            mask = gmml_mask(tuple(clean.shape), ratio=cfg.mask_ratio, max_block=cfg.max_block)
+            corrupted = gmml_corrupt(clean, mask, p_replace=cfg.p_replace)
+            s_tok = student.tokens(corrupted)
+            with torch.no_grad():
+                t_tok = teacher.tokens(clean)
+            losses = {}
+            b = len(idx)
+            if cfg.w_global:
+                s_g, t_g = student.global_head(s_tok[:, 0]), teacher.global_head(t_tok[:, 0])
+                swapped = torch.cat([t_g[b:], t_g[:b]])             # view 1 learns from view 2 and back
+                losses["global"] = distill_loss(s_g, swapped, centers["global"], cfg.student_temp, t_t)
+                centers["global"] = centers["global"] * cfg.center_momentum + t_g.mean(0) * (1 - cfg.center_momentum)
+            if cfg.w_local:
+                s_l, t_l = student.local_head(s_tok[:, 1:]), teacher.local_head(t_tok[:, 1:])
+                losses["local"] = distill_loss(s_l, t_l, centers["local"], cfg.student_temp, t_t)
+                centers["local"] = (centers["local"] * cfg.center_momentum
+                                    + t_l.mean((0, 1)) * (1 - cfg.center_momentum))
+            if cfg.w_recon:
+                recon, covered = student.reconstruct(s_tok[:, 1:], clean.shape[1:])
+                losses["recon"] = reconstruction_loss(recon, clean, mask & covered)
+            loss = (cfg.w_global * losses.get("global", 0) + cfg.w_local * losses.get("local", 0)
+                    + cfg.w_recon * losses.get("recon", 0))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+            opt.step()
+            ema_update(teacher, student, _cosine(cfg.ema_start, 1.0, g / total))
+            for k, v in losses.items():
+                sums[k] += float(v.detach())
+            sums["total"] += float(loss.detach())
+        elapsed_now = elapsed + time.monotonic() - t_run
+        record = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items() if k in losses or k == "total"},
+                  "lr": lr, "teacher_temp": t_t, "epoch_seconds": round(time.monotonic() - t0, 1),
+                  "wall_seconds": round(elapsed_now, 1)}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("pretrain epoch %s", json.dumps(record))
+        torch.save({"format": STATE_FORMAT, "epoch": epoch, "student": student.state_dict(),
+                    "teacher": teacher.state_dict(), "optimizer": opt.state_dict(), "centers": centers,
+                    "elapsed": elapsed_now, "encoder_config": enc_cfg.to_dict()}, out / "last.pt.tmp")
+        os.replace(out / "last.pt.tmp", state_path)
+        # The teacher's encoder is the smoother of the two (as in DINO / ASiT); it is what fine-tuning starts from.
+        save_checkpoint(out / "encoder.pt", teacher.encoder,
+                        metadata={"pretrain": {**cfg.to_dict(), "epochs_done": epoch + 1}})
+        now = time.monotonic()
+        if cfg.max_minutes is not None and now - t_run + (now - t0) > cfg.max_minutes * 60:
+            log.info("stopping after epoch %d: wall-clock budget of %s min reached", epoch + 1, cfg.max_minutes)
+            break
+    return record
+
+
+def plot_log(log_path: str | os.PathLike, out: str | os.PathLike) -> None:
+    """One panel per loss term of a pretraining ``log.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(log_path)]
+    terms = [k for k in ("global", "local", "recon", "total") if k in records[0]]
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], terms):
+        ax.plot([r["epoch"] for r in records], [r[k] for r in records])
+        ax.set_title(f"{k} loss")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

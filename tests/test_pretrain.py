@@ -1,0 +1,128 @@
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+from asit_embed.checkpoint import load_checkpoint, save_checkpoint
+from asit_embed.model import ASiTEncoder, EncoderConfig
+from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, ema_update, gmml_corrupt, gmml_mask, plot_log,
+                                 pretrain, reconstruction_loss)
+from asit_embed.train import TrainConfig, train
+
+TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,
+            window_frames=100, hop_frames=50, drop_path=0.0)
+
+
+@pytest.mark.parametrize("ratio", [(0.5, 0.7), (0.3, 0.3), (0.6, 0.6)])
+def test_mask_covers_the_configured_fraction_and_never_everything(ratio):
+    g = torch.Generator().manual_seed(0)
+    masks = gmml_mask((64, 128, 100), ratio=ratio, max_block=0.3, generator=g)
+    frac = masks.float().mean((1, 2))
+    assert (frac >= ratio[0] - 0.01).all() and (frac <= ratio[1] + 0.01).all()
+    assert (frac < 1).all()
+    if ratio[0] != ratio[1]:
+        assert frac.std() > 0.01  # the fraction is drawn per sample
+
+
+def test_blocks_are_bounded():
+    g = torch.Generator().manual_seed(1)
+    m = gmml_mask((1, 100, 100), ratio=(0.05, 0.05), max_block=0.3, generator=g)[0]
+    rows, cols = m.any(1).nonzero(), m.any(0).nonzero()
+    assert rows.max() - rows.min() < 100 and cols.max() - cols.min() < 100
+    assert m.sum() == 500
+
+
+def test_corruption_changes_only_the_masked_area():
+    torch.manual_seed(0)
+    spec = torch.randn(4, 128, 50)
+    mask = gmml_mask(tuple(spec.shape), ratio=(0.5, 0.5))
+    out = gmml_corrupt(spec, mask, p_replace=0.5)
+    assert torch.equal(out[~mask], spec[~mask])
+    assert not torch.equal(out[mask], spec[mask])
+    replaced = gmml_corrupt(spec, mask, p_replace=1.0)  # every sample takes the next clip's content
+    assert torch.equal(replaced[mask], spec.roll(1, 0)[mask])
+
+
+def test_ema_update_is_exact():
+    # dyadic values and momentum: every product and sum is exact in float32, so equality is exact
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in list(s.parameters()) + list(t.parameters()):
+            p.copy_(torch.randint(-64, 64, p.shape, generator=g).float() / 8)
+    before = copy.deepcopy(t)
+    ema_update(t, s, 0.75)
+    for p_t, p_b, p_s in zip(t.parameters(), before.parameters(), s.parameters()):
+        assert torch.equal(p_t, 0.75 * p_b + 0.25 * p_s)
+    frozen = copy.deepcopy(t)
+    ema_update(t, s, 1.0)  # momentum 1: the teacher does not move
+    assert all(torch.equal(a, b) for a, b in zip(t.parameters(), frozen.parameters()))
+    ema_update(t, s, 0.0)  # momentum 0: a copy of the student
+    assert all(torch.equal(a, b) for a, b in zip(t.parameters(), s.parameters()))
+
+
+def test_reconstruction_loss_counts_only_the_corrupted_area():
+    target = torch.zeros(1, 4, 4)
+    recon = torch.zeros(1, 4, 4)
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2] = True
+    recon[0, 2:] = 100.0  # errors outside the mask do not count
+    assert reconstruction_loss(recon, target, mask) == 0
+    recon[0, 0, 0] = 8.0
+    assert reconstruction_loss(recon, target, mask) == pytest.approx(1.0)  # 8 / 8 masked cells
+
+
+@pytest.mark.parametrize("patch,stride", [((128, 2), (128, 2)), ((16, 16), (16, 16)), ((16, 16), (16, 10))])
+def test_reconstruction_head_covers_the_spectrogram(patch, stride):
+    cfg = EncoderConfig(**{**TINY, "patch_size": patch, "patch_stride": stride})
+    model = ASiTPretrainer(cfg, PretrainConfig(data="x", global_dim=16, local_dim=8))
+    spec = torch.randn(2, 128, 100)
+    recon, covered = model.reconstruct(model.tokens(spec)[:, 1:], (128, 100))
+    assert recon.shape == (2, 128, 100) and covered.shape == (128, 100)
+    assert covered[:, :90].all()
+
+
+@pytest.mark.slow
+def test_short_run_lowers_every_loss_and_fine_tunes(tmp_path, clips_manifest):
+    cfg = PretrainConfig(data=str(clips_manifest), out_dir=str(tmp_path / "pt"), role=None, encoder=TINY,
+                         epochs=8, batch_size=12, lr=2e-3, warmup_epochs=1, global_dim=64, local_dim=32,
+                         teacher_temp_epochs=2, ema_start=0.9)
+    pretrain(cfg)
+    log = [json.loads(line) for line in open(tmp_path / "pt" / "log.jsonl")]
+    assert len(log) == 8
+    for term in ("global", "local", "recon"):
+        assert min(r[term] for r in log[-3:]) < log[0][term], term
+    plot_log(tmp_path / "pt" / "log.jsonl", tmp_path / "losses.png")
+    assert (tmp_path / "losses.png").stat().st_size > 1000
+
+    pre = load_checkpoint(tmp_path / "pt" / "encoder.pt")
+    ft = TrainConfig(data=str(clips_manifest), out_dir=str(tmp_path / "ft"), train_role=None, dev_role=None,
+                     epochs=1, batch_size=12, init=str(tmp_path / "pt" / "encoder.pt"), layer_decay=0.75, lr=0.0,
+                     min_lr=0.0, warmup_epochs=0)
+    train(ft)
+    state = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["model"]
+    # with lr 0 every transferred weight is exactly where pretraining put it (BatchNorm statistics still move)
+    assert {f"encoder.{k}" for k in pre.state_dict} <= set(state)
+    for k, v in pre.state_dict.items():
+        if "num_batches_tracked" in k or "running_" in k:
+            continue
+        assert torch.equal(state[f"encoder.{k}"], v), k
+
+
+def test_init_with_mismatched_shapes_is_a_clear_error(tmp_path, clips_manifest):
+    other = ASiTEncoder(EncoderConfig(**{**TINY, "width": 32, "num_heads": 2}))
+    save_checkpoint(tmp_path / "other.pt", other)
+    ft = TrainConfig(data=str(clips_manifest), out_dir=str(tmp_path / "ft"), train_role=None, dev_role=None,
+                     epochs=1, batch_size=12, init=str(tmp_path / "other.pt"), encoder={"width": 64})
+    with pytest.raises(ValueError, match="does not fit this encoder"):
+        train(ft)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="mask_ratio"):
+        PretrainConfig(data="x", mask_ratio=(0.7, 0.5))
+    with pytest.raises(ValueError, match="nothing to train"):
+        PretrainConfig(data="x", w_global=0, w_local=0, w_recon=0)
+    assert os.path.basename(PretrainConfig(data="x").out_dir) == "pretrain"

@@ -274,8 +274,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             mask = gmml_mask(tuple(clean.shape), ratio=cfg.mask_ratio, max_block=cfg.max_block)
             corrupted = gmml_corrupt(clean, mask, p_replace=cfg.p_replace)
             s_tok = student.tokens(corrupted)
-            with torch.no_grad():
-                t_tok = teacher.tokens(clean)
+            if cfg.w_global or cfg.w_local:
+                with torch.no_grad():
+                    t_tok = teacher.tokens(clean)
             losses = {}
             b = len(idx)
             if cfg.w_global:

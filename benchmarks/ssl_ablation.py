@@ -1,0 +1,77 @@
+"""Does ASiT pretraining help? Three arms, the same fine-tuning budget, evaluated on the unseen dev speakers.
+
+    python benchmarks/ssl_ablation.py [--pretrain-epochs 3] [--finetune-epochs 8] [--out runs/ssl_ablation]
+
+(a) from scratch: AAM fine-tuning only
+(b) GMML reconstruction only: `asit-embed pretrain --w-global 0 --w-local 0`, then the same fine-tuning
+(c) GMML + local–global distillation: `asit-embed pretrain`, then the same fine-tuning
+Pretraining uses `role=train` audio only (labels unused); each arm's fine-tuning is identical
+(`--init` from its pretrained encoder). Resumable: a finished arm is read back from its folder. Prints a
+table and writes `benchmarks/results/ssl_ablation.json`.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
+
+from asit_embed.checkpoint import load_checkpoint  # noqa: E402
+from asit_embed.cli import main as cli  # noqa: E402
+
+ARMS = {"a_scratch": None, "b_recon_only": ["--w-global", "0", "--w-local", "0"], "c_gmml_local_global": []}
+
+
+def run_arm(name, extra, args, manifest) -> dict:
+    root = args.out / name
+    done = root / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    t0 = time.monotonic()
+    init = []
+    pre_seconds = 0.0
+    if extra is not None:
+        cli(["pretrain", "--data", str(manifest), "--out", str(root / "pretrain"), "--epochs", str(args.pretrain_epochs),
+             "--warmup-epochs", "1", "--seed", str(args.seed), "--resume", *extra])
+        pre_seconds = time.monotonic() - t0
+        init = ["--init", str(root / "pretrain" / "encoder.pt")]
+    t1 = time.monotonic()
+    cli(["train", "--data", str(manifest), "--out", str(root / "finetune"), "--epochs", str(args.finetune_epochs),
+         "--eval-every", "2", "--seed", str(args.seed), "--resume", *init]
+        + ([] if init else ["--preset", "tiny"]))
+    best = load_checkpoint(root / "finetune" / "best.pt").metadata["dev"]
+    log = [json.loads(line) for line in open(root / "finetune" / "log.jsonl")]
+    result = {"arm": name, "dev_eer": best["dev_eer"], "dev_min_dcf": best["dev_min_dcf"], "dev_top1": best["dev_top1"],
+              "best_epoch": best["epoch"], "pretrain_epochs": 0 if extra is None else args.pretrain_epochs,
+              "finetune_epochs": args.finetune_epochs, "pretrain_minutes": round(pre_seconds / 60, 1),
+              "finetune_minutes": round((time.monotonic() - t1) / 60, 1),
+              "dev_eer_curve": [round(r["dev_eer"], 4) for r in log if "dev_eer" in r]}
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--finetune-epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/ssl_ablation"))
+    args = p.parse_args()
+    manifest = require(args.manifest)
+    rows = [run_arm(name, extra, args, manifest) for name, extra in ARMS.items()]
+    print(f"{'arm':<22} {'pretrain':>9} {'finetune':>9} {'top-1':>7} {'EER':>7} {'minDCF':>7}")
+    for r in rows:
+        print(f"{r['arm']:<22} {r['pretrain_minutes']:>7.1f}m {r['finetune_minutes']:>7.1f}m {r['dev_top1']:7.1%} "
+              f"{r['dev_eer']:7.2%} {r['dev_min_dcf']:7.3f}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ssl_ablation.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                                          "arms": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@
 0
 """
 
+from enroll.index import IndexConfig
 from enroll.registry import (
     EncoderMismatchError,
     Match,
@@ -18,6 +19,7 @@ from enroll.registry import (
 
 __all__ = [
     "EncoderMismatchError",
+    "IndexConfig",
     "Match",
     "RegistryError",
     "Speaker",

@@ -1,7 +1,9 @@
 """``SpeakerRegistry``: enroll speakers without retraining, identify by nearest neighbour, verify.
 
 SQLite (:mod:`enroll.store`) holds the truth; the FAISS index (:mod:`enroll.index`) is derived from it and
-refreshed whenever the store's version moves, including by another process writing the same registry.
+brought up to date whenever the store's version moves, including by another process writing the same
+registry: only the speakers changed since the index's version are re-read and re-indexed. The index only
+proposes candidates; their scores are always computed exactly from the templates in the store.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ import hashlib
 import logging
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from enroll.index import TemplateIndex
+from enroll.index import IndexConfig, TemplateIndex
 from enroll.scoring import ASNorm
 from enroll.store import ClipRecord, Store
 
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5  # used only when the encoder's checkpoint carries no calibrated threshold
 MAX_NAME = 100
+AS_NORM_POOL = 50   # candidates re-scored with AS-norm, which can reorder them
+QUERY_BLOCK = 1024  # queries ranked at a time, bounding the candidate templates held in memory
 
 
 class RegistryError(ValueError):
@@ -69,6 +73,8 @@ class SpeakerRegistry:
         as_norm: score with adaptive symmetric normalisation against a cohort.
         cohort: ``(m, dim)`` cohort embeddings for AS-norm; default: the training speakers shipped with
             the checkpoint.
+        index: an :class:`IndexConfig`, or its ``kind``: ``"auto"`` (exact search below 20 000 speakers,
+            IVF above), ``"flat"`` or ``"ivf"``.
 
     >>> reg = SpeakerRegistry()
     >>> import numpy as np
@@ -79,7 +85,7 @@ class SpeakerRegistry:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, encoder=None, threshold: float | None = None,
-                 as_norm: bool = False, cohort: np.ndarray | None = None):
+                 as_norm: bool = False, cohort: np.ndarray | None = None, index: IndexConfig | str = "auto"):
         if encoder is None:
             from asit_embed import load_encoder
 
@@ -107,14 +113,28 @@ class SpeakerRegistry:
                 log.warning("encoder carries no calibrated %s; using %.2f", key, DEFAULT_THRESHOLD)
                 threshold = DEFAULT_THRESHOLD
         self.threshold = float(threshold)
-        self.index = TemplateIndex(self.dim)
-        self._names: dict[int, str] = {}
-        self._template_stats: tuple[np.ndarray, np.ndarray] | None = None
-        self._sync(load_file=True)
+        self.index = TemplateIndex(self.dim, IndexConfig(kind=index) if isinstance(index, str) else index)
+        self._unsaved = 0   # speaker changes in the in-memory index but not in the index file
+        path = self._index_file()
+        if path is not None and self.index.load(path, fingerprint=encoder.fingerprint, store=self.store.uid):
+            self._saved_version = self.index.version
+        else:
+            self._saved_version = None
+        self._sync()
 
     # --- lifecycle ------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the index file if the in-memory index has moved past it (``close()`` does this too)."""
+        path = self._index_file()
+        if path is not None and self.index.version != self._saved_version:
+            self.index.save(path, fingerprint=self.encoder.fingerprint, store=self.store.uid)
+            self._saved_version, self._unsaved = self.index.version, 0
+
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.flush()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> SpeakerRegistry:
         return self
@@ -138,23 +158,27 @@ class SpeakerRegistry:
     def _index_file(self) -> Path | None:
         return None if self.path is None else self.path / "index.faiss"
 
-    def _sync(self, *, load_file: bool = False) -> None:
-        """Bring the index up to the store's version (load the saved file if current, else rebuild)."""
-        version = self.store.version()
-        if self.index.version == version:
+    def _sync(self) -> None:
+        """Bring the index up to the store's version: re-index the speakers changed since the index's
+        version, or rebuild it when those are unknown or many, or when its size calls for another kind."""
+        if self.store.version() == self.index.version and not self.index.needs_rebuild(len(self.index)):
             return
-        ids, templates, names = self.store.templates()
-        self._names = dict(zip(ids.tolist(), names))
-        path = self._index_file()
-        fp = self.encoder.fingerprint
-        if not (load_file and path is not None and self.index.load(path, version=version, fingerprint=fp)):
+        with self.store.snapshot():  # the version, the change set and the templates, all of one state
+            version, n = self.store.version(), self.store.count()
+            changed = None if self.index.version > version else self.store.changed_since(self.index.version)
+            if changed is None or len(changed) > max(len(self.index), n) // 2 or self.index.needs_rebuild(n):
+                changed = None
+                ids, templates = self.store.templates()
+            else:
+                ids, templates = self.store.templates(changed)
+        if changed is None:
             self.index.rebuild(ids, templates, version)
-            if path is not None:
-                self.index.save(path, version=version, fingerprint=fp)
-        self._template_stats = None
-        if self.as_norm is not None and len(ids):
-            self._template_stats = self.as_norm.stats(templates)
-            self._stat_row = {sid: i for i, sid in enumerate(ids.tolist())}
+            self._unsaved = max(1, len(ids))
+        else:
+            self.index.update(changed, ids, templates, version)
+            self._unsaved += len(changed)
+        if self._unsaved >= max(1, self.index.config.flush_fraction * len(self.index)):
+            self.flush()
 
     # --- inputs ---------------------------------------------------------------------------------------------
     def _embed(self, clips: Sequence, sample_rate: int | None) -> list[ClipRecord]:
@@ -162,13 +186,7 @@ class SpeakerRegistry:
         for clip in clips:
             if isinstance(clip, (np.ndarray, torch.Tensor)) and sample_rate is None:
                 emb = np.asarray(clip, dtype=np.float32)
-                if emb.shape != (self.dim,):
-                    raise TypeError(f"an array without sample_rate is taken as an embedding of shape ({self.dim},), "
-                                    f"got {emb.shape}; pass sample_rate= for a waveform")
-                norm = float(np.linalg.norm(emb))
-                if not np.isfinite(emb).all() or norm == 0:
-                    raise ValueError("embedding has NaN/Inf values or zero norm")
-                records.append(ClipRecord(emb / norm, None, hashlib.sha256(emb.tobytes()).hexdigest()))
+                records.append(ClipRecord(self._unit(emb[None])[0], None, hashlib.sha256(emb.tobytes()).hexdigest()))
                 continue
             wave = self.encoder.load(clip, sample_rate)
             emb = self.encoder.embed_waveforms([wave])[0]
@@ -176,8 +194,30 @@ class SpeakerRegistry:
                                       hashlib.sha256(wave.tobytes()).hexdigest()))
         return records
 
+    def _unit(self, emb: np.ndarray) -> np.ndarray:
+        """``emb (n, dim)`` embeddings, checked and scaled to unit norm."""
+        if emb.shape[1:] != (self.dim,):
+            raise TypeError(f"an array without sample_rate is taken as an embedding of shape ({self.dim},), "
+                            f"got {emb.shape[1:]}; pass sample_rate= for a waveform")
+        norm = np.sqrt(np.einsum("nd,nd->n", emb, emb, dtype=np.float64))[:, None]
+        if not (np.isfinite(norm).all() and norm.all()):
+            raise ValueError("embedding has NaN/Inf values or zero norm")
+        return (emb / norm).astype(np.float32)
+
     def _query(self, clips: Sequence, sample_rate: int | None) -> np.ndarray:
+        if sample_rate is None and all(isinstance(c, np.ndarray) and c.shape == (self.dim,) for c in clips):
+            return self._unit(np.asarray(clips, dtype=np.float32))  # embeddings, checked all at once
         return np.stack([r.embedding for r in self._embed(clips, sample_rate)])
+
+    @staticmethod
+    def _clip_list(name: str, clips, sample_rate: int | None) -> list:
+        if isinstance(clips, (str, bytes, os.PathLike)) or (
+                isinstance(clips, (np.ndarray, torch.Tensor)) and (sample_rate is not None or clips.ndim == 1)):
+            clips = [clips]
+        clips = list(clips)
+        if not clips:
+            raise ValueError(f"no clips given to enroll {name!r}")
+        return clips
 
     # --- API ------------------------------------------------------------------------------------------------
     def enroll(self, name: str, clips, *, sample_rate: int | None = None, replace: bool = False) -> Speaker:
@@ -185,16 +225,38 @@ class SpeakerRegistry:
         or ``(dim,)`` embeddings). An existing name gains the clips unless ``replace=True``. All clips are
         embedded before anything is written, so a bad clip leaves the registry unchanged."""
         name = validate_name(name)
-        if isinstance(clips, (str, bytes, os.PathLike)) or (
-                isinstance(clips, (np.ndarray, torch.Tensor)) and (sample_rate is not None or clips.ndim == 1)):
-            clips = [clips]
-        clips = list(clips)
-        if not clips:
-            raise ValueError(f"no clips given to enroll {name!r}")
-        records = self._embed(clips, sample_rate)
+        records = self._embed(self._clip_list(name, clips, sample_rate), sample_rate)
         self.store.add_clips(name, records, replace=replace)
         self._sync()
         return self.speaker(name)
+
+    def enroll_many(self, speakers: Mapping[str, object] | Iterable[tuple[str, object]], *,
+                    sample_rate: int | None = None, replace: bool = False) -> int:
+        """Enroll many speakers in one transaction: ``{name: clips}`` or ``(name, clips)`` pairs, clips as
+        for :meth:`enroll`. Every name is checked and every clip embedded before anything is written, so
+        one bad item leaves the registry unchanged. Returns the number of speakers written.
+
+        For bulk imports: one commit and one index update for all of them instead of one per speaker.
+
+        >>> reg = SpeakerRegistry()
+        >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
+        >>> reg.enroll_many({"ada": [e[0], e[2]], "bob": [e[1]]})
+        2
+        >>> reg.identify(e[1], k=1)[0].name
+        'bob'
+        """
+        items = speakers.items() if isinstance(speakers, Mapping) else speakers
+        batch, seen = [], set()
+        for name, clips in items:
+            name = validate_name(name)
+            if name in seen:
+                raise ValueError(f"speaker {name!r} is given twice; merge its clips into one entry")
+            seen.add(name)
+            batch.append((name, self._embed(self._clip_list(name, clips, sample_rate), sample_rate)))
+        if batch:
+            self.store.add_many(batch, replace=replace)
+            self._sync()
+        return len(batch)
 
     def speaker(self, name: str) -> Speaker:
         info = self.store.speaker_info(name)
@@ -213,18 +275,33 @@ class SpeakerRegistry:
         return self.rank(queries, k=k)
 
     def rank(self, queries: np.ndarray, *, k: int = 5) -> list[list[Match]]:
-        """Top-``k`` matches for each of ``queries (n, dim)`` unit embeddings."""
+        """Top-``k`` matches for each of ``queries (n, dim)`` unit embeddings.
+
+        The index proposes candidates; each is scored exactly against its template in the store.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
         self._sync()
-        pool = k if self.as_norm is None else max(k, 50)
-        scores, ids = self.index.search(queries, pool)
-        if self.as_norm is not None and ids.size:
-            mu_t, sd_t = self._template_stats
-            rows = np.vectorize(self._stat_row.__getitem__, otypes=[np.int64])(ids)
+        return [m for i in range(0, len(queries), QUERY_BLOCK) for m in self._rank(queries[i:i + QUERY_BLOCK], k)]
+
+    def _rank(self, queries: np.ndarray, k: int) -> list[list[Match]]:
+        candidates = self.index.search(queries, k if self.as_norm is None else max(k, AS_NORM_POOL))
+        ids, names, templates = self.store.lookup(candidates[candidates >= 0])
+        if not len(ids):  # nobody enrolled, or every candidate removed since the index was brought up to date
+            return [[] for _ in queries]
+        rows = np.minimum(np.searchsorted(ids, candidates), len(ids) - 1)
+        scores = np.einsum("nd,nkd->nk", queries, templates[rows])
+        if self.as_norm is not None:
+            mu_t, sd_t = self.as_norm.stats(templates)
             scores = self.as_norm.normalize(scores, queries, mu_t[rows], sd_t[rows])
-            order = np.argsort(-scores, axis=1, kind="stable")
-            scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-        return [[Match(self._names[int(i)], float(s), bool(s >= self.threshold))
-                 for s, i in zip(srow[:k], irow[:k]) if i >= 0] for srow, irow in zip(scores, ids)]
+        scores[ids[rows] != candidates] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        rows, scores = np.take_along_axis(rows, order, 1).tolist(), np.take_along_axis(scores, order, 1).tolist()
+        return [[Match(names[r], s, s >= self.threshold) for r, s in zip(rrow, srow) if s > -np.inf]
+                for rrow, srow in zip(rows, scores)]
 
     def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Match:
         """Score ``clip`` against ``name``'s template; ``accepted`` says whether it is that speaker."""

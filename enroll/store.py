@@ -1,14 +1,18 @@
 """SQLite source of truth for a speaker registry: speakers, their clip embeddings, and a state version.
 
-Every change runs in one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.version``, so a crash
-leaves either the whole change or none of it, writers from several processes queue on the lock (WAL mode),
-and readers can tell cheaply whether a derived index is stale.
+Every change runs in one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.version`` and records, in
+``changes``, the version at which each speaker it touched last changed. So a crash leaves either the whole
+change or none of it, writers from several processes queue on the lock (WAL mode), readers can tell
+cheaply whether a derived index is stale, and an index built at version ``v`` is brought up to date by
+re-reading only the speakers changed after ``v``.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +37,11 @@ CREATE TABLE IF NOT EXISTS clips (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS clips_by_speaker ON clips(speaker_id);
+CREATE TABLE IF NOT EXISTS changes (
+    speaker_id INTEGER PRIMARY KEY,  -- no foreign key: a removed speaker's row records its removal
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_version ON changes(version);
 """
 
 
@@ -57,6 +66,10 @@ class Store:
                 if statement.strip():
                     self.db.execute(statement)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('uid', ?)", (uuid.uuid4().hex,))
+            # a store older than the changes table has recorded changes only from its current version on
+            self.db.execute("INSERT OR IGNORE INTO meta SELECT 'changes_since', value FROM meta WHERE key = 'version'")
+        self.uid = self.get_meta("uid")
 
     def close(self) -> None:
         self.db.close()
@@ -72,6 +85,15 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every read inside sees one consistent state, whatever other writers do."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
     # --- meta -------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -83,8 +105,20 @@ class Store:
     def version(self) -> int:
         return int(self.get_meta("version") or 0)
 
-    def bump(self, db: sqlite3.Connection) -> None:
-        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+    def bump(self, db: sqlite3.Connection, speaker_ids: Sequence[int] = ()) -> int:
+        """Advance the version and record ``speaker_ids`` as changed at it; returns the new version."""
+        version = int(db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version' "
+                                 "RETURNING value").fetchone()[0])
+        db.executemany("INSERT OR REPLACE INTO changes VALUES (?, ?)", [(sid, version) for sid in speaker_ids])
+        return version
+
+    def changed_since(self, version: int) -> np.ndarray | None:
+        """Ids (int64, ascending) of the speakers added, changed or removed after ``version``; None when the
+        store does not know (``version`` is older than its record of changes)."""
+        if version < int(self.get_meta("changes_since") or 0):
+            return None
+        rows = self.db.execute("SELECT speaker_id FROM changes WHERE version > ?", (version,))
+        return np.sort(np.array([r[0] for r in rows], dtype=np.int64))
 
     # --- speakers -----------------------------------------------------------------------------------------
     def speaker_id(self, name: str) -> int | None:
@@ -97,12 +131,29 @@ class Store:
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM speakers").fetchone()[0]
 
-    def templates(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """All speakers: ``(ids (n,) int64, templates (n, dim) float32, names)``, in id order."""
-        rows = self.db.execute("SELECT id, name, template FROM speakers ORDER BY id").fetchall()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        mats = [np.frombuffer(r[2], dtype=np.float32) for r in rows]
-        return ids, (np.stack(mats) if mats else np.zeros((0, 0), np.float32)), [r[1] for r in rows]
+    def templates(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Templates of all speakers, or of those of ``ids`` still enrolled: ``(ids (n,) int64, templates
+        (n, dim) float32)`` in id order (``(0, 0)`` templates when there are none)."""
+        if ids is None:
+            cursor = self.db.execute("SELECT id, template FROM speakers ORDER BY id")
+        else:
+            cursor = self.db.execute("SELECT id, template FROM speakers WHERE id IN (SELECT value FROM json_each(?)) "
+                                     "ORDER BY id", (json.dumps(np.asarray(ids).tolist()),))
+        id_parts, mat_parts = [], []
+        while rows := cursor.fetchmany(65536):
+            id_parts.append(np.array([r[0] for r in rows], dtype=np.int64))
+            mat_parts.append(_matrix([r[1] for r in rows]))
+        if not id_parts:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.concatenate(id_parts), np.concatenate(mat_parts)
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """The speakers of ``ids`` (repeats allowed) still enrolled: ``(ids (n,) int64, names, templates
+        (n, dim) float32)``, each once, in id order (``(0, 0)`` templates when there are none)."""
+        rows = self.db.execute("SELECT id, name, template FROM speakers WHERE id IN (SELECT value FROM json_each(?)) "
+                               "ORDER BY id", (json.dumps(np.asarray(ids).tolist()),)).fetchall()
+        return (np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows],
+                _matrix([r[2] for r in rows]))
 
     def speaker_info(self, name: str) -> dict | None:
         row = self.db.execute("SELECT id, template, created, updated FROM speakers WHERE name = ?",
@@ -117,36 +168,58 @@ class Store:
     def add_clips(self, name: str, clips: Sequence[ClipRecord], *, replace: bool) -> int:
         """Insert ``clips`` for ``name`` (creating it; replacing its clips if ``replace``), recompute the
         template (renormalised mean of all its clip embeddings); one transaction. Returns the speaker id."""
+        return self.add_many([(name, clips)], replace=replace)[0]
+
+    def add_many(self, speakers: Sequence[tuple[str, Sequence[ClipRecord]]], *, replace: bool) -> list[int]:
+        """:meth:`add_clips` for each ``(name, clips)`` pair (names distinct), all in one transaction.
+        Returns the speaker ids."""
         now = time.time()
+        sids = []
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                sid = db.execute("INSERT INTO speakers (name, template, created, updated) VALUES (?, ?, ?, ?)",
-                                 (name, b"", now, now)).lastrowid
-            else:
-                sid = row[0]
-                if replace:
-                    db.execute("DELETE FROM clips WHERE speaker_id = ?", (sid,))
-            db.executemany("INSERT INTO clips (speaker_id, embedding, seconds, sha256, created) VALUES (?,?,?,?,?)",
-                           [(sid, c.embedding.astype(np.float32).tobytes(), c.seconds, c.sha256, now)
-                            for c in clips])
-            embs = np.stack([np.frombuffer(r[0], dtype=np.float32) for r in
-                             db.execute("SELECT embedding FROM clips WHERE speaker_id = ?", (sid,))])
-            template = embs.mean(axis=0)
-            template /= np.linalg.norm(template)
-            db.execute("UPDATE speakers SET template = ?, updated = ? WHERE id = ?",
-                       (template.astype(np.float32).tobytes(), now, sid))
-            self.bump(db)
-        return sid
+            for name, clips in speakers:
+                embs = np.stack([c.embedding for c in clips]).astype(np.float32)
+                row = db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    sid = db.execute("INSERT INTO speakers (name, template, created, updated) VALUES (?, ?, ?, ?)",
+                                     (name, _template(embs), now, now)).lastrowid
+                else:
+                    sid = row[0]
+                    if replace:
+                        db.execute("DELETE FROM clips WHERE speaker_id = ?", (sid,))
+                    else:
+                        old = _matrix([r[0] for r in db.execute("SELECT embedding FROM clips WHERE speaker_id = ?",
+                                                                (sid,))])
+                        embs = np.concatenate([old.reshape(-1, embs.shape[1]), embs])
+                    db.execute("UPDATE speakers SET template = ?, updated = ? WHERE id = ?",
+                               (_template(embs), now, sid))
+                db.executemany("INSERT INTO clips (speaker_id, embedding, seconds, sha256, created) VALUES (?,?,?,?,?)",
+                               [(sid, c.embedding.astype(np.float32).tobytes(), c.seconds, c.sha256, now)
+                                for c in clips])
+                sids.append(sid)
+            self.bump(db, sids)
+        return sids
 
     def remove(self, name: str) -> bool:
         with self.transaction() as db:
-            gone = db.execute("DELETE FROM speakers WHERE name = ?", (name,)).rowcount > 0
-            if gone:
-                self.bump(db)
-        return gone
+            row = db.execute("DELETE FROM speakers WHERE name = ? RETURNING id", (name,)).fetchone()
+            if row is not None:
+                self.bump(db, [row[0]])
+        return row is not None
 
     def rename(self, old: str, new: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE speakers SET name = ?, updated = ? WHERE name = ?", (new, time.time(), old))
             self.bump(db)
+
+
+def _template(embeddings: np.ndarray) -> bytes:
+    """The renormalised mean of ``embeddings (n, dim)``, as stored."""
+    template = embeddings.mean(axis=0)
+    return (template / np.linalg.norm(template)).astype(np.float32).tobytes()
+
+
+def _matrix(blobs: list[bytes]) -> np.ndarray:
+    """Equal-length float32 blobs as one ``(n, dim)`` matrix (``(0, 0)`` when there are none)."""
+    if not blobs:
+        return np.zeros((0, 0), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)

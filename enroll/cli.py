@@ -84,9 +84,32 @@ def cmd_rename(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from asit_embed import load_encoder
+    from enroll.server import create_app, make_server
+
+    app = create_app(args.registry, encoder=load_encoder(args.checkpoint), threshold=args.threshold,
+                     as_norm=args.as_norm, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
+    try:
+        server = make_server(app, host=args.host, port=args.port, threads=args.threads)
+    except OSError as err:
+        print(f"asit-enroll serve: error: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 2
+    print(f"serving registry {args.registry!r} on http://{args.host}:{server.effective_port}/ "
+          f"(waitress, {args.threads} threads); Ctrl-C stops", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        app.extensions["enroll"].registries.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asit-enroll", description=__doc__)
-    p.add_argument("--registry", required=True, help="registry directory (created if missing)")
+    p.add_argument("--registry", help="registry directory (created if missing); required")
     p.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
     p.add_argument("--threshold", type=float, help="accept threshold (default: the calibrated one)")
     p.add_argument("--as-norm", action="store_true", help="AS-norm scoring against the shipped cohort")
@@ -114,11 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("old")
     n.add_argument("new")
     n.set_defaults(func=cmd_rename)
+    s = sub.add_parser("serve", help="HTTP API and upload page on the production WSGI server (waitress)")
+    s.add_argument("--registry", default=argparse.SUPPRESS, help="registry directory (same as before the command)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    s.add_argument("--max-seconds", type=float, default=60.0, help="longest clip accepted (default 60 s)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.registry is None:
+        parser.error("the following arguments are required: --registry")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     from asit_embed import AudioError, CheckpointError
     from enroll import RegistryError, UnknownSpeakerError

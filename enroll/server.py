@@ -1,0 +1,326 @@
+"""HTTP service over a :class:`~enroll.SpeakerRegistry`: a JSON API and an upload page, served by waitress.
+
+Endpoints (errors are JSON ``{"error": message}``)::
+
+    GET    /                          upload page: record or choose clips, enroll, identify, list, delete
+    GET    /health                    encoder fingerprint, number of speakers, threshold, limits
+    GET    /speakers                  enrolled speakers
+    GET    /speakers/<name>           one speaker
+    POST   /speakers/<name>           enroll from multipart field ``files`` (one or more); ``replace=1``
+                                      replaces the speaker's clips instead of adding to them
+    DELETE /speakers/<name>           remove
+    POST   /speakers/<name>/rename    ``new_name`` (JSON or form field)
+    POST   /identify                  multipart field ``file``, optional ``k`` (form or query), best first
+    POST   /verify/<name>             multipart field ``file``
+
+Status codes: 400 bad audio (the encoder's :class:`~asit_embed.AudioError` message), bad name, missing
+field or bad ``k``; 404 unknown speaker; 409 renaming onto an enrolled name; 413 an upload over
+``max_upload_mb`` or a clip over ``max_seconds``; 415 a file that is audio by neither extension nor type.
+
+Uploads are read into memory and decoded from bytes; nothing is written under a name the client chose.
+A registry's SQLite connection and index belong to one thread, so each server thread opens its own
+registry on the same directory; SQLite's write lock orders their changes as it does across processes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from pathlib import PureWindowsPath
+
+import numpy as np
+import soundfile as sf
+from flask import Blueprint, Flask, Request, current_app, jsonify, render_template, request
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
+
+from asit_embed import AudioError
+from enroll.registry import Match, RegistryError, Speaker, SpeakerRegistry, UnknownSpeakerError, validate_name
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
+                            ".aifc", ".au", ".caf", ".w64", ".rf64"})
+MAX_K = 100
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+api = Blueprint("enroll", __name__)
+
+
+class InMemoryRequest(Request):
+    """Multipart file parts kept in memory (bounded by ``MAX_CONTENT_LENGTH``), never spooled to disk."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+class Registries:
+    """One :class:`SpeakerRegistry` per thread on one directory, opened on the thread's first request."""
+
+    def __init__(self, path: str | os.PathLike, **options):
+        self.path, self.options = path, options
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[SpeakerRegistry] = []
+        self.get()  # open one now, so a bad directory or another encoder's registry fails at start-up
+
+    def get(self) -> SpeakerRegistry:
+        reg = getattr(self._local, "registry", None)
+        if reg is None:
+            reg = self._local.registry = SpeakerRegistry(self.path, **self.options)
+            with self._lock:
+                self._open.append(reg)
+        return reg
+
+    def close(self) -> None:
+        with self._lock:
+            for reg in self._open:
+                reg.close()
+            self._open.clear()
+
+
+class Service:
+    """What the views need: the registries, the encoder that decodes uploads, and the limits."""
+
+    def __init__(self, registries: Registries, *, max_upload_mb: float, max_seconds: float):
+        self.registries = registries
+        self.encoder = registries.get().encoder
+        self.max_upload_mb = max_upload_mb
+        self.max_seconds = max_seconds
+
+    @property
+    def registry(self) -> SpeakerRegistry:
+        return self.registries.get()
+
+
+def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: float | None = None,
+               as_norm: bool = False, max_upload_mb: float = 20.0, max_seconds: float = 60.0) -> Flask:
+    """The Flask app serving the registry in directory ``registry_path`` (created if missing).
+
+    Args:
+        registry_path: registry directory, as for :class:`SpeakerRegistry`.
+        encoder: a :class:`asit_embed.SpeakerEncoder`; default the bundled one.
+        threshold, as_norm: as for :class:`SpeakerRegistry`.
+        max_upload_mb: largest request body in MB (all files of one request together); larger is 413.
+        max_seconds: longest clip in seconds; longer is 413.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     app = create_app(tmp)
+    ...     app.test_client().get("/health").get_json()["speakers"]
+    ...     app.extensions["enroll"].registries.close()
+    0
+    """
+    if max_upload_mb <= 0 or max_seconds <= 0:
+        raise ValueError(f"max_upload_mb ({max_upload_mb}) and max_seconds ({max_seconds}) must be positive")
+    if encoder is None:
+        from asit_embed import load_encoder
+
+        encoder = load_encoder()
+    registries = Registries(registry_path, encoder=encoder, threshold=threshold, as_norm=as_norm)
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)
+    app.json.sort_keys = False
+    app.extensions["enroll"] = Service(registries, max_upload_mb=max_upload_mb, max_seconds=max_seconds)
+    app.register_blueprint(api)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(AudioError, lambda err: _error(400, str(err)))
+    app.register_error_handler(ValueError, lambda err: _error(400, str(err)))
+    app.register_error_handler(UnknownSpeakerError, lambda err: _error(404, str(err)))
+    app.register_error_handler(RegistryError, lambda err: _error(409, str(err)))
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def make_server(app: Flask, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 4):
+    """A waitress server for ``app``: ``.run()`` serves until ``.close()``; ``.effective_port`` is the bound
+    port (pass ``port=0`` for a free one). Bodies past the app's upload limit plus 1 MiB of multipart
+    overhead are refused by waitress before they are buffered."""
+    from waitress import create_server
+
+    return create_server(app, host=host, port=port, threads=threads, ident="asit-enroll",
+                         max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 2**20)
+
+
+# --- views --------------------------------------------------------------------------------------------------
+def _service() -> Service:
+    return current_app.extensions["enroll"]
+
+
+@api.get("/")
+def index():
+    return render_template("index.html")
+
+
+@api.get("/health")
+def health():
+    svc = _service()
+    reg = svc.registry
+    return jsonify(status="ok", fingerprint=svc.encoder.fingerprint, speakers=len(reg), threshold=reg.threshold,
+                   max_upload_mb=svc.max_upload_mb, max_seconds=svc.max_seconds)
+
+
+@api.get("/speakers")
+def list_speakers():
+    reg = _service().registry
+    speakers = []
+    for name in reg.names():
+        try:
+            speakers.append(_speaker_json(reg.speaker(name)))
+        except UnknownSpeakerError:  # removed by another request since names() was read: no longer listed
+            continue
+    return jsonify(speakers=speakers)
+
+
+@api.get("/speakers/<path:name>")
+def get_speaker(name: str):
+    return jsonify(_speaker_json(_service().registry.speaker(_name(name))))
+
+
+@api.post("/speakers/<path:name>")
+def enroll(name: str):
+    name = _name(name)
+    replace = _flag("replace")
+    clips = _uploads("files", many=True)
+    svc = _service()
+    reg = svc.registry
+    created = name not in reg
+    speaker = reg.enroll(name, clips, sample_rate=svc.encoder.sample_rate, replace=replace)
+    return jsonify(_speaker_json(speaker)), 201 if created else 200
+
+
+@api.delete("/speakers/<path:name>")
+def remove(name: str):
+    name = _name(name)
+    _service().registry.remove(name)
+    return jsonify(removed=name)
+
+
+@api.post("/speakers/<path:name>/rename")
+def rename(name: str):
+    name = _name(name)
+    body = request.get_json(silent=True)
+    new = body.get("new_name") if isinstance(body, dict) else request.form.get("new_name")
+    if not isinstance(new, str):
+        raise BadRequest("expected the new name in field 'new_name' (JSON body or form)")
+    new = _name(new)
+    reg = _service().registry
+    reg.rename(name, new)
+    return jsonify(_speaker_json(reg.speaker(new)))
+
+
+@api.post("/identify")
+def identify():
+    k = _k()
+    (clip,) = _uploads("file", many=False)
+    svc = _service()
+    reg = svc.registry
+    matches = reg.identify(clip, k=k, sample_rate=svc.encoder.sample_rate)
+    return jsonify(matches=[_match_json(m) for m in matches], threshold=reg.threshold)
+
+
+@api.post("/verify/<path:name>")
+def verify(name: str):
+    name = _name(name)
+    svc = _service()
+    reg = svc.registry
+    reg.speaker(name)  # an unknown name is a 404 before the upload is decoded
+    (clip,) = _uploads("file", many=False)
+    return jsonify(**_match_json(reg.verify(name, clip, sample_rate=svc.encoder.sample_rate)),
+                   threshold=reg.threshold)
+
+
+# --- request parsing ----------------------------------------------------------------------------------------
+def _name(raw: str) -> str:
+    """A registry name that is also one URL path segment."""
+    name = validate_name(raw)
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise BadRequest(f"speaker name {name!r} must not contain '/' or '\\' nor be '.' or '..'")
+    return name
+
+
+def _flag(field: str) -> bool:
+    raw = request.values.get(field, "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise BadRequest(f"{field} must be 1/0 or true/false, got {raw!r}")
+    return raw in _TRUE
+
+
+def _k() -> int:
+    raw = request.values.get("k", "5")
+    try:
+        k = int(raw)
+    except ValueError:
+        raise BadRequest(f"k must be a whole number of matches, got {raw!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
+    return k
+
+
+def _uploads(field: str, *, many: bool) -> list[np.ndarray]:
+    """The audio files of multipart ``field``, decoded to ``(samples,)`` float32 at the encoder's rate."""
+    files = [f for f in request.files.getlist(field) if f.filename]  # a form's empty file input has no name
+    if not files:
+        what = "one or more audio files" if many else "an audio file"
+        raise BadRequest(f"expected {what} in multipart form field {field!r}")
+    if not many and len(files) > 1:
+        raise BadRequest(f"expected one audio file in field {field!r}, got {len(files)}")
+    return [_decode(f) for f in files]
+
+
+def _decode(upload: FileStorage) -> np.ndarray:
+    svc = _service()
+    label = repr(upload.filename)
+    suffix = PureWindowsPath(upload.filename).suffix.lower()  # splits on both '/' and '\'
+    if suffix not in AUDIO_SUFFIXES and not upload.mimetype.startswith("audio/"):
+        raise UnsupportedMediaType(f"{label} ({upload.mimetype or 'no content type'}) is not an audio file; "
+                                   "send wav, flac, ogg or mp3")
+    data = upload.read()
+    seconds = _header_seconds(data)  # refuse a long clip before decoding it
+    if seconds is None or seconds <= svc.max_seconds:
+        try:
+            wave = svc.encoder.load(data)
+        except AudioError as err:
+            raise AudioError(f"{label}: {err}") from err
+        seconds = wave.shape[0] / svc.encoder.sample_rate
+    if seconds > svc.max_seconds:
+        raise RequestEntityTooLarge(f"{label} is {seconds:.1f} s long; at most {svc.max_seconds:g} s per clip "
+                                    "is accepted")
+    return wave
+
+
+def _header_seconds(data: bytes) -> float | None:
+    """Duration from the file's header, or None where the header does not tell (decoding will)."""
+    try:
+        return float(sf.info(io.BytesIO(data)).duration)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+# --- responses ----------------------------------------------------------------------------------------------
+def _speaker_json(s: Speaker) -> dict:
+    return {"name": s.name, "n_clips": s.n_clips, "seconds": round(s.seconds, 2), "created": s.created,
+            "updated": s.updated}
+
+
+def _match_json(m: Match) -> dict:
+    return {"name": m.name, "score": round(m.score, 4), "accepted": m.accepted}
+
+
+def _error(status: int, message: str):
+    return jsonify(error=message), status
+
+
+def _http_error(err: HTTPException):
+    message = err.description
+    if err.code == 413 and message == RequestEntityTooLarge.description:
+        message = f"upload is larger than {_service().max_upload_mb:g} MB"
+    return _error(err.code or 500, message)
+
+
+def _unexpected_error(err: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(500, f"internal error ({type(err).__name__}); see the server log")

@@ -1,4 +1,4 @@
-"""``asit-embed`` command line: embed, train, pretrain, evaluate."""
+"""``asit-embed`` command line: embed, train, pretrain, evaluate, export."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from asit_embed import load_encoder
 
-    encoder = load_encoder(args.checkpoint)
+    encoder = load_encoder(args.checkpoint, backend=args.backend)
     emb = encoder.embed_files(args.clips, batch_size=args.batch_size, progress=args.progress)
     if args.out:
         np.save(args.out, emb)
@@ -101,6 +101,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from asit_embed import load_encoder
+    from asit_embed.export import export_onnx
+
+    encoder = load_encoder(args.checkpoint)
+    path = export_onnx(encoder.model, args.onnx, fingerprint=encoder.fingerprint)
+    print(f"wrote {path} (encoder {encoder.fingerprint}; inputs spec (batch, {encoder.config.n_mels}, frames) "
+          f"and lengths (batch,), output embedding (batch, {encoder.dim}))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asit-embed", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -112,7 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--progress", action="store_true")
+    e.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="what runs the network (onnx: ONNX Runtime, needs asit-embed[onnx])")
     e.set_defaults(func=cmd_embed)
+
+    x = sub.add_parser("export", help="export the encoder network to ONNX")
+    x.add_argument("--onnx", required=True, help="output .onnx file")
+    x.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
+    x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("train", help="train an encoder with AAM-softmax (resumable; works under torchrun)")
     t.add_argument("--data", required=True, help="manifest .csv, folder per speaker, or .zip/.tar.gz of either")
@@ -193,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (AudioError, CheckpointError, FileNotFoundError, ValueError, TypeError) as err:
+    except (AudioError, CheckpointError, FileNotFoundError, ImportError, ValueError, TypeError) as err:
         print(f"asit-embed {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -27,15 +28,25 @@ def default_checkpoint_path() -> Path:
     return Path(str(resources.files("asit_embed") / "pretrained" / "default.pt"))
 
 
-def load_encoder(path: str | os.PathLike | None = None, *, device: str = "cpu") -> SpeakerEncoder:
+BACKENDS = ("torch", "onnx")
+
+
+def load_encoder(path: str | os.PathLike | None = None, *, device: str = "cpu",
+                 backend: str = "torch") -> SpeakerEncoder:
     """Load a speaker encoder from a checkpoint; ``None`` loads the bundled default.
 
+    Args:
+        backend: what runs the network. ``"torch"`` (eager PyTorch, the reference); ``"onnx"`` (ONNX
+            Runtime on CPU: the graph is exported once per checkpoint into ``~/.cache/asit-embed``;
+            needs ``pip install 'asit-embed[onnx]'``). Both give the same embeddings (cosine >= 0.9999).
+            When onnxruntime is missing, ``"onnx"`` falls back to ``"torch"`` with a warning.
+
     >>> encoder = load_encoder()
-    >>> encoder.dim
-    192
+    >>> encoder.dim, encoder.backend
+    (192, 'torch')
     """
     ckpt = load_checkpoint(default_checkpoint_path() if path is None else path)
-    return SpeakerEncoder(ckpt, device=device)
+    return SpeakerEncoder(ckpt, device=device, backend=backend)
 
 
 class SpeakerEncoder:
@@ -46,12 +57,29 @@ class SpeakerEncoder:
     bounded for any length. Windows of many clips are batched together, padded and masked.
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str = "cpu"):
+    def __init__(self, checkpoint: Checkpoint, *, device: str = "cpu", backend: str = "torch"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.device = torch.device(device)
         self.model: ASiTEncoder = checkpoint.build().to(self.device)
         self.config = checkpoint.config
         self.metadata = checkpoint.metadata
         self.fingerprint = fingerprint(checkpoint.config, checkpoint.state_dict)
+        self.backend, self._network = self._select_backend(backend)
+
+    def _select_backend(self, backend: str):
+        if backend == "onnx":
+            from asit_embed.export import BackendUnavailableError, OnnxModel, cached_onnx
+
+            if self.device.type != "cpu":
+                warnings.warn(f"the ONNX backend runs on the CPU only; using torch on {self.device}", stacklevel=3)
+                return "torch", self.model
+            try:
+                return "onnx", OnnxModel(cached_onnx(self.model, self.fingerprint))
+            except BackendUnavailableError as err:
+                warnings.warn(f"{err}; using the torch backend", stacklevel=3)
+                return "torch", self.model
+        return "torch", self.model
 
     @classmethod
     def from_model(cls, model: ASiTEncoder, *, metadata: dict | None = None, device: str = "cpu") -> SpeakerEncoder:
@@ -135,7 +163,7 @@ class SpeakerEncoder:
             spec = torch.zeros(len(idx), int(lengths.max()), self.config.n_mels)
             for row, j in enumerate(idx):
                 spec[row, : lengths[row]] = windows[j]
-            emb = self.model(spec.transpose(1, 2).to(self.device), lengths.to(self.device)).float().cpu()
+            emb = self._network(spec.transpose(1, 2).to(self.device), lengths.to(self.device)).float().cpu()
             emb = torch.nn.functional.normalize(emb, dim=1)
             sums.index_add_(0, torch.tensor([owner[j] for j in idx]), emb)
         return torch.nn.functional.normalize(sums, dim=1).numpy()

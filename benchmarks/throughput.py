@@ -1,0 +1,95 @@
+"""Embedding throughput: our encoder (each backend) vs SpeechBrain's ECAPA-TDNN C=512, in one process.
+
+    python benchmarks/throughput.py [--repeats 5] [--threads 2]
+
+The same clips for every system: real speech from the bundled clips (``examples/clips``), cut or tiled to
+3 s and 10 s. Each figure is audio-seconds embedded per wall-second, from waveform to embedding (the
+front-end is counted: our fbank + windowing, ECAPA's ``Fbank`` + mean normalisation), at batch 1 and batch 16,
+the median over ``--repeats`` rounds in which the systems take turns. ECAPA has random weights here (speed does
+not depend on them) and embeds each clip whole, as it is normally used. Writes ``benchmarks/results/throughput.json``.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS  # noqa: E402
+from accuracy import ECAPA  # noqa: E402
+
+from asit_embed import load_audio, load_encoder  # noqa: E402
+
+CLIPS = Path(__file__).resolve().parents[1] / "examples" / "clips"
+RATE = 16000
+
+
+def clips_of(seconds: float, n: int) -> list[np.ndarray]:
+    """``n`` clips of exactly ``seconds``: bundled recordings, tiled (several utterances of one speaker) or cut."""
+    by_speaker: dict[str, list[np.ndarray]] = {}
+    for path in sorted(CLIPS.rglob("*.flac")):
+        by_speaker.setdefault(path.parent.name, []).append(load_audio(path))
+    speakers, out, need = sorted(by_speaker), [], int(seconds * RATE)
+    for i in range(n):
+        waves = by_speaker[speakers[i % len(speakers)]]
+        x = np.concatenate(waves[i // len(speakers):] + waves[: i // len(speakers)])
+        while len(x) < need:
+            x = np.concatenate([x, x])
+        out.append(np.ascontiguousarray(x[:need], dtype=np.float32))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clips", type=int, default=16, help="clips per setting (a multiple of the batch size)")
+    p.add_argument("--backends", nargs="+", default=["torch", "onnx"])
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ecapa = ECAPA().eval()
+
+    @torch.inference_mode()
+    def ecapa_embed(waves: list[np.ndarray], batch: int) -> None:
+        for i in range(0, len(waves), batch):
+            x = torch.from_numpy(np.stack(waves[i:i + batch]))
+            torch.nn.functional.normalize(ecapa(ecapa.features(x)), dim=1)
+
+    systems = {"ECAPA-TDNN C=512": ecapa_embed}
+    for backend in args.backends:
+        enc = load_encoder(backend=backend)
+        systems[f"asit-embed ({enc.backend})"] = (lambda e: lambda w, b: e.embed_waveforms(w, batch_size=b))(enc)
+
+    rows = []
+    for seconds in (3.0, 10.0):
+        waves = clips_of(seconds, args.clips)
+        for batch in (1, 16):
+            times = {name: [] for name in systems}
+            for name, fn in systems.items():   # warm-up (and, for compiled backends, compilation)
+                fn(waves[:batch], batch)
+            for _ in range(args.repeats):
+                for name, fn in systems.items():
+                    t0 = time.perf_counter()
+                    fn(waves, batch)
+                    times[name].append(time.perf_counter() - t0)
+            audio = seconds * len(waves)
+            speed = {name: audio / statistics.median(t) for name, t in times.items()}
+            for name, x in speed.items():
+                rows.append({"system": name, "clip_seconds": seconds, "batch": batch, "realtime_x": round(x, 1),
+                             "vs_ecapa": round(x / speed["ECAPA-TDNN C=512"], 2)})
+                print(f"{seconds:4.0f} s  B{batch:<3} {name:<26} {x:8.1f}x real time  {rows[-1]['vs_ecapa']:5.2f}x ECAPA",
+                      flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(),
+                                                         "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from asit_embed import load_encoder
+from asit_embed.cli import main as cli
+
+pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime (pip install 'asit-embed[onnx]')")
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ASIT_EMBED_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield load_encoder(backend="onnx")
+    mp.undo()
+
+
+def test_onnx_backend_matches_torch(encoder, onnx_encoder, clip_rows):
+    assert onnx_encoder.backend == "onnx"
+    paths = [r["path"] for r in clip_rows[:10]]  # short clips padded and masked, long ones windowed
+    ref = encoder.embed_files(paths, batch_size=4)
+    for batch in (1, 4, 16):  # the graph's batch and frame axes are dynamic
+        out = onnx_encoder.embed_files(paths, batch_size=batch)
+        assert out.dtype == np.float32 and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+        assert (np.sum(out * ref, axis=1) >= 0.9999).all()
+    assert onnx_encoder.fingerprint == encoder.fingerprint
+
+
+def test_onnx_backend_falls_back_with_a_clear_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASIT_EMBED_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.warns(UserWarning, match=r"needs onnx and onnxruntime.*pip install 'asit-embed\[onnx\]'.*torch"):
+        enc = load_encoder(backend="onnx")
+    assert enc.backend == "torch"
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        load_encoder(backend="tensorrt")
+
+
+def test_cli_export_writes_a_graph_that_names_its_encoder(tmp_path, encoder, capsys):
+    import onnx
+
+    out = tmp_path / "encoder.onnx"
+    assert cli(["export", "--onnx", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["asit_embed.fingerprint"] == encoder.fingerprint
+    assert json.loads(meta["asit_embed.config"])["embedding_dim"] == encoder.dim
+
+
+def test_cli_embed_with_the_onnx_backend(tmp_path, clip_rows, encoder, monkeypatch):
+    monkeypatch.setenv("ASIT_EMBED_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "e.npy"
+    assert cli(["embed", clip_rows[0]["path"], "--backend", "onnx", "--out", str(out)]) == 0
+    assert float(np.load(out)[0] @ encoder.embed_file(clip_rows[0]["path"])) >= 0.9999

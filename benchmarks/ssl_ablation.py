@@ -6,7 +6,8 @@
 (b) GMML reconstruction only: `asit-embed pretrain --w-global 0 --w-local 0`, then the same fine-tuning
 (c) GMML + local–global distillation: `asit-embed pretrain`, then the same fine-tuning
 Pretraining uses `role=train` audio only (labels unused); each arm's fine-tuning is identical
-(`--init` from its pretrained encoder). Resumable: a finished arm is read back from its folder. Prints a
+(`--init` from its pretrained encoder). Wall times are as measured: run it on an otherwise idle machine
+for them to compare. Resumable: a finished arm is read back from its folder. Prints a
 table and writes `benchmarks/results/ssl_ablation.json`.
 """
 
@@ -63,6 +64,12 @@ def main() -> int:
     args = p.parse_args()
     manifest = require(args.manifest)
     rows = [run_arm(name, extra, args, manifest) for name, extra in ARMS.items()]
+    for r in rows:  # the pretraining loss curves, per epoch, for reading the result
+        log = args.out / r["arm"] / "pretrain" / "log.jsonl"
+        if log.is_file():
+            recs = [json.loads(line) for line in open(log)]
+            r["pretrain_loss_curves"] = {k: [round(x[k], 4) for x in recs] for k in ("global", "local", "recon")
+                                         if k in recs[0]}
     print(f"{'arm':<22} {'pretrain':>9} {'finetune':>9} {'top-1':>7} {'EER':>7} {'minDCF':>7}")
     for r in rows:
         print(f"{r['arm']:<22} {r['pretrain_minutes']:>7.1f}m {r['finetune_minutes']:>7.1f}m {r['dev_top1']:7.1%} "

@@ -10,7 +10,7 @@ defaults to what our shipped model had in total (89 min: 68 + 21, see its model 
 then scored with the same protocol on ``role=dev`` (5 enrollment clips per speaker, the rest probes).
 
 Resumable: training continues from ``<out>/last.pt``; a finished run is read back. Prints one table and
-writes ``benchmarks/results/accuracy.json``.
+writes ``benchmarks/results/accuracy.json`` (``--result``).
 """
 
 import argparse
@@ -161,6 +161,7 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/ecapa"))
+    p.add_argument("--result", type=Path, default=RESULTS / "accuracy.json")
     args = p.parse_args()
     manifest = require(args.manifest)
     train_items = read_manifest(manifest, role="train")
@@ -178,8 +179,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['system']:<44} {r['params'] / 1e6:6.1f}M {r['train_minutes']:5.0f}m {r['top1']:7.1%} "
               f"{r['eer']:7.2%} {r['min_dcf']:7.3f}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "accuracy.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
                                                       "rows": rows, "ecapa_history": ecapa["history"]}, indent=2) + "\n")
     return 0
 

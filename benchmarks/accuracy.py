@@ -66,7 +66,7 @@ class ECAPA(nn.Module):
         return nn.functional.normalize(torch.cat(out), dim=1).numpy()
 
 
-def train_ecapa(args, train_items, dev_items) -> dict:
+def train_ecapa(args, train_items, dev_items, crop_samples: int) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     done = out / "result.json"
@@ -77,8 +77,7 @@ def train_ecapa(args, train_items, dev_items) -> dict:
     # The same SpecAugment masks, scaled from 128 to 80 mel bins.
     augment = Augmenter(dataclasses.replace(AugmentConfig(), freq_mask=10), 16000)
     labels = SpeakerLabels([it.speaker for it in train_items])
-    data = CropDataset(train_items, labels, crop_samples=samples_for_frames(200, load_encoder().config),
-                       sample_rate=16000)
+    data = CropDataset(train_items, labels, crop_samples=crop_samples, sample_rate=16000)
     dev_waves = load_waveforms(dev_items, 16000)
 
     torch.manual_seed(cfg.seed)
@@ -167,8 +166,10 @@ def main() -> int:
     train_items = read_manifest(manifest, role="train")
     dev_items = read_manifest(manifest, role="dev")
 
-    ecapa = train_ecapa(args, train_items, dev_items)
     encoder = load_encoder()
+    # The shipped model's 2 s training crops.
+    crop = samples_for_frames(encoder.config.crop_frames, encoder.config)
+    ecapa = train_ecapa(args, train_items, dev_items, crop)
     ours = {"system": "asit-embed shipped default (ViT-Tiny)", "params": sum(p.numel() for p in encoder.model.parameters()),
             "train_minutes": SHIPPED_TRAINING_MINUTES, **evaluate(encoder.embed_files([it.path for it in dev_items]), dev_items)}
     mfcc = {"system": "MFCC mean+std (20 coeffs), cosine", "params": 0, "train_minutes": 0,

@@ -29,7 +29,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from asit_embed import load_encoder
 
-    encoder = load_encoder(args.checkpoint, backend=args.backend)
+    encoder = load_encoder(args.checkpoint, backend=args.backend, precision=args.precision)
     emb = encoder.embed_files(args.clips, batch_size=args.batch_size, progress=args.progress)
     if args.out:
         np.save(args.out, emb)
@@ -73,7 +73,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(data=args.data, out_dir=args.out, role=args.role,
                          encoder=getattr(model, f"asit_{args.preset}")(**overrides).to_dict(), epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
-                         w_global=args.w_global, w_local=args.w_local, w_recon=args.w_recon, seed=args.seed,
+                         w_global=args.w_global, w_local=args.w_local, w_recon=args.w_recon,
+                         ema_start=args.ema_start, seed=args.seed,
                          max_minutes=args.max_minutes, progress=args.progress)
     record = pretrain(cfg, resume=args.resume)
     plot_log(Path(args.out) / "log.jsonl", Path(args.out) / "losses.png")
@@ -86,12 +87,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from asit_embed.data import load_items
     from asit_embed.metrics import evaluate_embeddings, plot_evaluation
 
-    encoder = load_encoder(args.checkpoint)
+    encoder = load_encoder(args.checkpoint, precision=args.precision)
     items = load_items(args.data, role=args.role)
     emb = encoder.embed_files([it.path for it in items], progress=args.progress)
     res = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items], n_enroll=args.n_enroll)
     summary = {"checkpoint": str(args.checkpoint or "default"), "data": str(args.data), "role": args.role,
-               **res.summary()}
+               "precision": encoder.precision, **res.summary()}
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--progress", action="store_true")
     e.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="what runs the network (onnx: ONNX Runtime, needs asit-embed[onnx])")
+    e.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: about 2x faster on CPUs with native bf16, cosine >= 0.9999 to float32")
     e.set_defaults(func=cmd_embed)
 
     x = sub.add_parser("export", help="export the encoder network to ONNX")
@@ -184,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--w-global", type=float, default=1.0, help="global (CLS) distillation weight; 0 switches it off")
     r.add_argument("--w-local", type=float, default=1.0, help="local (token) distillation weight; 0 switches it off")
     r.add_argument("--w-recon", type=float, default=2.0, help="GMML reconstruction weight; 0 switches it off")
+    r.add_argument("--ema-start", type=float, default=0.996,
+                   help="teacher momentum at the start (cosine schedule to 1); lower for short runs")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-minutes", type=float)
     r.add_argument("--resume", action="store_true")
@@ -195,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--role", type=_role, default="dev")
     v.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
     v.add_argument("--n-enroll", type=int, default=5)
+    v.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     v.add_argument("--out", help="write the JSON summary here")
     v.add_argument("--plot", help="write score histograms + DET curve to this PNG")
     v.add_argument("--progress", action="store_true")

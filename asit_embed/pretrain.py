@@ -82,6 +82,8 @@ class PretrainConfig:
         lo, hi = self.mask_ratio
         if not 0 < lo <= hi < 1:
             raise ValueError(f"mask_ratio {self.mask_ratio} must satisfy 0 < low <= high < 1")
+        if not 0 <= self.ema_start <= 1:
+            raise ValueError(f"ema_start {self.ema_start} must be in [0, 1]")
         if self.w_global == self.w_local == self.w_recon == 0:
             raise ValueError("every loss weight is 0: nothing to train")
 
@@ -194,6 +196,21 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Ten
 
 
 @torch.no_grad()
+def target_entropy(teacher: torch.Tensor, center: torch.Tensor, t_t: float) -> tuple[float, float]:
+    """Collapse diagnostics of the teacher's centred, sharpened targets over the last dim (in nats):
+    the mean per-sample entropy and the entropy of the batch-mean distribution.
+
+    Healthy distillation has sharp targets that differ between samples (low first, high second). Both near
+    ``log K`` means the targets are uniform and carry nothing (the teacher's outputs barely differ between
+    clips, e.g. a teacher still near its random initialisation); both near 0 means one prototype wins for all.
+    """
+    p = F.softmax((teacher - center) / t_t, dim=-1).flatten(0, -2)
+    per_sample = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+    mean = p.mean(0)
+    return float(per_sample), float(-(mean * mean.clamp_min(1e-12).log()).sum())
+
+
+@torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher ← momentum · teacher + (1 − momentum) · student, parameter by parameter."""
     for t, s in zip(teacher.parameters(), student.parameters()):
@@ -257,6 +274,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         t_t = cfg.teacher_temp_end if epoch >= cfg.teacher_temp_epochs else (
             cfg.teacher_temp + (cfg.teacher_temp_end - cfg.teacher_temp) * epoch / max(1, cfg.teacher_temp_epochs))
         sums = {"global": 0.0, "local": 0.0, "recon": 0.0, "total": 0.0}
+        entropy = {}  # collapse diagnostics, summed over the epoch
         it = range(steps)
         if cfg.progress:
             from tqdm import tqdm
@@ -283,10 +301,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
                 s_g, t_g = student.global_head(s_tok[:, 0]), teacher.global_head(t_tok[:, 0])
                 swapped = torch.cat([t_g[b:], t_g[:b]])             # view 1 learns from view 2 and back
                 losses["global"] = distill_loss(s_g, swapped, centers["global"], cfg.student_temp, t_t)
+                _add_entropy(entropy, "global", target_entropy(t_g, centers["global"], t_t))
                 centers["global"] = centers["global"] * cfg.center_momentum + t_g.mean(0) * (1 - cfg.center_momentum)
             if cfg.w_local:
                 s_l, t_l = student.local_head(s_tok[:, 1:]), teacher.local_head(t_tok[:, 1:])
                 losses["local"] = distill_loss(s_l, t_l, centers["local"], cfg.student_temp, t_t)
+                _add_entropy(entropy, "local", target_entropy(t_l, centers["local"], t_t))
                 centers["local"] = (centers["local"] * cfg.center_momentum
                                     + t_l.mean((0, 1)) * (1 - cfg.center_momentum))
             if cfg.w_recon:
@@ -304,11 +324,13 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             sums["total"] += float(loss.detach())
         elapsed_now = elapsed + time.monotonic() - t_run
         record = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items() if k in losses or k == "total"},
-                  "lr": lr, "teacher_temp": t_t, "epoch_seconds": round(time.monotonic() - t0, 1),
-                  "wall_seconds": round(elapsed_now, 1)}
+                  **{k: round(v / steps, 4) for k, v in entropy.items()},
+                  "lr": lr, "teacher_temp": t_t, "ema": _cosine(cfg.ema_start, 1.0, g / total),
+                  "epoch_seconds": round(time.monotonic() - t0, 1), "wall_seconds": round(elapsed_now, 1)}
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         log.info("pretrain epoch %s", json.dumps(record))
+        _warn_if_uniform(record, cfg, total)
         torch.save({"format": STATE_FORMAT, "epoch": epoch, "student": student.state_dict(),
                     "teacher": teacher.state_dict(), "optimizer": opt.state_dict(), "centers": centers,
                     "elapsed": elapsed_now, "encoder_config": enc_cfg.to_dict()}, out / "last.pt.tmp")
@@ -323,6 +345,22 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
     return record
 
 
+def _add_entropy(sums: dict, term: str, values: tuple[float, float]) -> None:
+    for key, v in zip((f"{term}_target_entropy", f"{term}_batch_entropy"), values):
+        sums[key] = sums.get(key, 0.0) + v
+
+
+def _warn_if_uniform(record: dict, cfg: PretrainConfig, total_steps: int) -> None:
+    """Uniform targets make a distillation loss trivially small: say so instead of letting it look like progress."""
+    for term, dim in (("global", cfg.global_dim), ("local", cfg.local_dim)):
+        h = record.get(f"{term}_target_entropy")
+        if h is not None and h > 0.95 * math.log(dim):
+            log.warning("%s distillation targets are near-uniform (entropy %.2f of %.2f nats): the teacher's outputs "
+                        "barely differ between clips, so this loss teaches little. The teacher moves by about "
+                        "(1 - momentum) per step; over %d steps a lower --ema-start (e.g. 0.99) lets it follow the "
+                        "student sooner.", term, h, math.log(dim), total_steps)
+
+
 def plot_log(log_path: str | os.PathLike, out: str | os.PathLike) -> None:
     """One panel per loss term of a pretraining ``log.jsonl``."""
     import matplotlib
@@ -331,11 +369,12 @@ def plot_log(log_path: str | os.PathLike, out: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     records = [json.loads(line) for line in open(log_path)]
-    terms = [k for k in ("global", "local", "recon", "total") if k in records[0]]
+    terms = [k for k in ("global", "local", "recon", "total", "global_target_entropy", "local_target_entropy")
+             if k in records[0]]
     fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3.2), squeeze=False)
     for ax, k in zip(axes[0], terms):
         ax.plot([r["epoch"] for r in records], [r[k] for r in records])
-        ax.set_title(f"{k} loss")
+        ax.set_title(k.replace("_", " ") if "entropy" in k else f"{k} loss")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()

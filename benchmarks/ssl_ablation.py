@@ -1,14 +1,17 @@
 """Does ASiT pretraining help? Three arms, the same fine-tuning budget, evaluated on the unseen dev speakers.
 
-    python benchmarks/ssl_ablation.py [--pretrain-epochs 3] [--finetune-epochs 8] [--out runs/ssl_ablation]
+    python benchmarks/ssl_ablation.py [--arms a_scratch ...] [--finetune-epochs 8] [--out runs/ssl_ablation]
 
 (a) from scratch: AAM fine-tuning only
-(b) GMML reconstruction only: `asit-embed pretrain --w-global 0 --w-local 0`, then the same fine-tuning
-(c) GMML + local–global distillation: `asit-embed pretrain`, then the same fine-tuning
+(b) GMML reconstruction only: `asit-embed pretrain --w-global 0 --w-local 0` (3 epochs), then the same fine-tuning
+(c) GMML + local–global distillation: `asit-embed pretrain` (3 epochs, teacher momentum 0.996 → 1)
+(c2) the same with `--ema-start 0.99` and 6 epochs: in (c) the teacher hardly leaves its random initialisation
+     in 186 steps, so its CLS targets stay near-uniform and the global loss teaches little (logged as
+     ``global_target_entropy``); a faster teacher gives it something to distil
 Pretraining uses `role=train` audio only (labels unused); each arm's fine-tuning is identical
 (`--init` from its pretrained encoder). Wall times are as measured: run it on an otherwise idle machine
-for them to compare. Resumable: a finished arm is read back from its folder. Prints a
-table and writes `benchmarks/results/ssl_ablation.json`.
+for them to compare. Resumable: a finished arm is read back from its folder; ``--arms`` runs a subset and
+merges it into `benchmarks/results/ssl_ablation.json`. Prints the table.
 """
 
 import argparse
@@ -23,10 +26,17 @@ from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
 from asit_embed.cli import main as cli  # noqa: E402
 
-ARMS = {"a_scratch": None, "b_recon_only": ["--w-global", "0", "--w-local", "0"], "c_gmml_local_global": []}
+# arm -> (pretraining epochs, extra `asit-embed pretrain` arguments); None: no pretraining
+ARMS = {
+    "a_scratch": None,
+    "b_recon_only": (3, ["--w-global", "0", "--w-local", "0"]),
+    "c_gmml_local_global": (3, []),
+    "c2_gmml_local_global_ema099": (6, ["--ema-start", "0.99"]),
+}
+CURVES = ("global", "local", "recon", "global_target_entropy", "local_target_entropy")
 
 
-def run_arm(name, extra, args, manifest) -> dict:
+def run_arm(name, spec, args, manifest) -> dict:
     root = args.out / name
     done = root / "result.json"
     if done.is_file():
@@ -34,8 +44,9 @@ def run_arm(name, extra, args, manifest) -> dict:
     t0 = time.monotonic()
     init = []
     pre_seconds = 0.0
-    if extra is not None:
-        cli(["pretrain", "--data", str(manifest), "--out", str(root / "pretrain"), "--epochs", str(args.pretrain_epochs),
+    if spec is not None:
+        epochs, extra = spec
+        cli(["pretrain", "--data", str(manifest), "--out", str(root / "pretrain"), "--epochs", str(epochs),
              "--warmup-epochs", "1", "--seed", str(args.seed), "--resume", *extra])
         pre_seconds = time.monotonic() - t0
         init = ["--init", str(root / "pretrain" / "encoder.pt")]
@@ -46,7 +57,7 @@ def run_arm(name, extra, args, manifest) -> dict:
     best = load_checkpoint(root / "finetune" / "best.pt").metadata["dev"]
     log = [json.loads(line) for line in open(root / "finetune" / "log.jsonl")]
     result = {"arm": name, "dev_eer": best["dev_eer"], "dev_min_dcf": best["dev_min_dcf"], "dev_top1": best["dev_top1"],
-              "best_epoch": best["epoch"], "pretrain_epochs": 0 if extra is None else args.pretrain_epochs,
+              "best_epoch": best["epoch"], "pretrain_epochs": 0 if spec is None else spec[0],
               "finetune_epochs": args.finetune_epochs, "pretrain_minutes": round(pre_seconds / 60, 1),
               "finetune_minutes": round((time.monotonic() - t1) / 60, 1),
               "dev_eer_curve": [round(r["dev_eer"], 4) for r in log if "dev_eer" in r]}
@@ -57,26 +68,29 @@ def run_arm(name, extra, args, manifest) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
-    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--finetune-epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/ssl_ablation"))
     args = p.parse_args()
     manifest = require(args.manifest)
-    rows = [run_arm(name, extra, args, manifest) for name, extra in ARMS.items()]
-    for r in rows:  # the pretraining loss curves, per epoch, for reading the result
-        log = args.out / r["arm"] / "pretrain" / "log.jsonl"
-        if log.is_file():
+    result_path = RESULTS / "ssl_ablation.json"
+    previous = json.loads(result_path.read_text())["arms"] if result_path.is_file() else []
+    rows = {r["arm"]: r for r in previous}
+    for name in args.arms:
+        r = rows[name] = run_arm(name, ARMS[name], args, manifest)
+        log = args.out / name / "pretrain" / "log.jsonl"
+        if log.is_file():  # the pretraining curves, per epoch, for reading the result
             recs = [json.loads(line) for line in open(log)]
-            r["pretrain_loss_curves"] = {k: [round(x[k], 4) for x in recs] for k in ("global", "local", "recon")
-                                         if k in recs[0]}
-    print(f"{'arm':<22} {'pretrain':>9} {'finetune':>9} {'top-1':>7} {'EER':>7} {'minDCF':>7}")
+            r["pretrain_loss_curves"] = {k: [round(x[k], 4) for x in recs] for k in CURVES if k in recs[0]}
+    rows = [rows[name] for name in ARMS if name in rows]
+    print(f"{'arm':<30} {'pretrain':>9} {'finetune':>9} {'top-1':>7} {'EER':>7} {'minDCF':>7}")
     for r in rows:
-        print(f"{r['arm']:<22} {r['pretrain_minutes']:>7.1f}m {r['finetune_minutes']:>7.1f}m {r['dev_top1']:7.1%} "
+        print(f"{r['arm']:<30} {r['pretrain_minutes']:>7.1f}m {r['finetune_minutes']:>7.1f}m {r['dev_top1']:7.1%} "
               f"{r['dev_eer']:7.2%} {r['dev_min_dcf']:7.3f}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ssl_ablation.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                                          "arms": rows}, indent=2) + "\n")
+    settings = {k: str(v) for k, v in vars(args).items() if k != "arms"}
+    result_path.write_text(json.dumps({"settings": settings, "arms": rows}, indent=2) + "\n")
     return 0
 
 

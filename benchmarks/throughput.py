@@ -1,12 +1,15 @@
-"""Embedding throughput: our encoder (each backend) vs SpeechBrain's ECAPA-TDNN C=512, in one process.
+"""Embedding throughput: our encoder (each backend / precision) vs SpeechBrain's ECAPA-TDNN C=512, in one process.
 
-    python benchmarks/throughput.py [--repeats 5] [--threads 2]
+    python benchmarks/throughput.py [--repeats 5] [--threads 2] [--backends torch onnx] [--bf16 | --no-bf16]
 
 The same clips for every system: real speech from the bundled clips (``examples/clips``), cut or tiled to
 3 s and 10 s. Each figure is audio-seconds embedded per wall-second, from waveform to embedding (the
 front-end is counted: our fbank + windowing, ECAPA's ``Fbank`` + mean normalisation), with 1 or 16 clips per call
 (our encoder batches a call's 2 s windows 16 at a time, so one long clip is a batch too), the median over ``--repeats`` rounds in which the systems take turns. ECAPA has random weights here (speed does
-not depend on them) and embeds each clip whole, as it is normally used. Writes ``benchmarks/results/throughput.json``.
+not depend on them) and embeds each clip whole, as it is normally used. With ``--bf16`` (the default where the
+CPU has native bfloat16) both our torch backend and ECAPA also run under bfloat16 autocast, so each
+precision has its peer; ``vs_ecapa`` is against float32 ECAPA, ``vs_ecapa_same_precision`` against ECAPA in
+the same precision. Writes ``benchmarks/results/throughput.json``.
 """
 
 import argparse
@@ -24,6 +27,7 @@ from _common import RESULTS  # noqa: E402
 from accuracy import ECAPA  # noqa: E402
 
 from asit_embed import load_audio, load_encoder  # noqa: E402
+from asit_embed.encoder import _cpu_has_bf16  # noqa: E402
 
 CLIPS = Path(__file__).resolve().parents[1] / "examples" / "clips"
 RATE = 16000
@@ -50,22 +54,36 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clips", type=int, default=16, help="clips per setting (a multiple of the batch size)")
     p.add_argument("--backends", nargs="+", default=["torch", "onnx"])
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=_cpu_has_bf16(),
+                   help="also run both models under bfloat16 autocast (default: where the CPU has native bf16)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     ecapa = ECAPA().eval()
 
-    @torch.inference_mode()
-    def ecapa_embed(waves: list[np.ndarray], batch: int) -> None:
-        for i in range(0, len(waves), batch):
-            x = torch.from_numpy(np.stack(waves[i:i + batch]))
-            torch.nn.functional.normalize(ecapa(ecapa.features(x)), dim=1)
+    def ecapa_system(bf16: bool):
+        @torch.inference_mode()
+        def embed(waves: list[np.ndarray], batch: int) -> None:
+            for i in range(0, len(waves), batch):
+                x = torch.from_numpy(np.stack(waves[i:i + batch]))
+                feats = ecapa.features(x)  # the front-end stays float32, as in our encoder
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    torch.nn.functional.normalize(ecapa(feats).float(), dim=1)
+        return embed
 
-    systems = {"ECAPA-TDNN C=512": ecapa_embed}
+    def ours(enc):
+        return lambda w, b: [enc.embed_waveforms(w[i:i + b]) for i in range(0, len(w), b)]
+
+    systems = {"ECAPA-TDNN C=512": ecapa_system(False)}
+    peer = {}  # system -> the ECAPA run in the same precision
     for backend in args.backends:
         enc = load_encoder(backend=backend)
-        systems[f"asit-embed ({enc.backend})"] = (lambda e: lambda w, b: [e.embed_waveforms(w[i:i + b])
-                                                                          for i in range(0, len(w), b)])(enc)
+        systems[f"asit-embed ({enc.backend})"] = ours(enc)
+        peer[f"asit-embed ({enc.backend})"] = "ECAPA-TDNN C=512"
+    if args.bf16:
+        systems["ECAPA-TDNN C=512 (bfloat16)"] = ecapa_system(True)
+        systems["asit-embed (torch, bfloat16)"] = ours(load_encoder(precision="bfloat16"))
+        peer["asit-embed (torch, bfloat16)"] = "ECAPA-TDNN C=512 (bfloat16)"
 
     rows = []
     for seconds in (3.0, 10.0):
@@ -84,7 +102,10 @@ def main() -> int:
             for name, x in speed.items():
                 rows.append({"system": name, "clip_seconds": seconds, "batch": batch, "realtime_x": round(x, 1),
                              "vs_ecapa": round(x / speed["ECAPA-TDNN C=512"], 2)})
-                print(f"{seconds:4.0f} s  B{batch:<3} {name:<26} {x:8.1f}x real time  {rows[-1]['vs_ecapa']:5.2f}x ECAPA",
+                if name in peer:
+                    rows[-1]["vs_ecapa_same_precision"] = round(x / speed[peer[name]], 2)
+                print(f"{seconds:4.0f} s  B{batch:<3} {name:<30} {x:8.1f}x real time  {rows[-1]['vs_ecapa']:5.2f}x ECAPA"
+                      + (f"  ({rows[-1]['vs_ecapa_same_precision']:.2f}x in its precision)" if name in peer else ""),
                       flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "throughput.json").write_text(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(),

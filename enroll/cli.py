@@ -13,7 +13,7 @@ def _open(args):
     from asit_embed import load_encoder
     from enroll import SpeakerRegistry
 
-    encoder = load_encoder(args.checkpoint)
+    encoder = load_encoder(args.checkpoint, precision=args.precision)
     return SpeakerRegistry(args.registry, encoder=encoder, threshold=args.threshold, as_norm=args.as_norm)
 
 
@@ -88,8 +88,9 @@ def cmd_serve(args) -> int:
     from asit_embed import load_encoder
     from enroll.server import create_app, make_server
 
-    app = create_app(args.registry, encoder=load_encoder(args.checkpoint), threshold=args.threshold,
-                     as_norm=args.as_norm, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
+    encoder = load_encoder(args.checkpoint, precision=args.precision)
+    app = create_app(args.registry, encoder=encoder, threshold=args.threshold, as_norm=args.as_norm,
+                     max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
     try:
         server = make_server(app, host=args.host, port=args.port, threads=args.threads)
     except OSError as err:
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asit-enroll", description=__doc__)
     p.add_argument("--registry", help="registry directory (created if missing); required")
     p.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: about 2x faster embedding on CPUs with native bf16 (same registry)")
     p.add_argument("--threshold", type=float, help="accept threshold (default: the calibrated one)")
     p.add_argument("--as-norm", action="store_true", help="AS-norm scoring against the shipped cohort")
     p.add_argument("--json", action="store_true", help="machine-readable output")

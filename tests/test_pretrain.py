@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 import os
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.model import ASiTEncoder, EncoderConfig
 from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, ema_update, gmml_corrupt, gmml_mask, plot_log,
-                                 pretrain, reconstruction_loss)
+                                 _warn_if_uniform, pretrain, reconstruction_loss, target_entropy)
 from asit_embed.train import TrainConfig, train
 
 TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,
@@ -63,6 +64,27 @@ def test_ema_update_is_exact():
     assert all(torch.equal(a, b) for a, b in zip(t.parameters(), s.parameters()))
 
 
+def test_target_entropy_tells_uniform_and_one_hot_collapse_from_health():
+    k = 64
+    same = torch.randn(1, k).repeat(32, 1)  # every clip gives the same output: centred away to uniform targets
+    per_sample, batch = target_entropy(same, same.mean(0), 0.04)
+    assert per_sample == pytest.approx(math.log(k), abs=1e-4) and batch == pytest.approx(math.log(k), abs=1e-4)
+    winner = torch.zeros(32, k)
+    winner[:, 3] = 100.0  # one prototype wins for every clip (no centering)
+    assert max(target_entropy(winner, torch.zeros(k), 0.04)) < 1e-3
+    distinct = torch.eye(k)[:32] * 10  # sharp and different per clip: low per-sample, high batch entropy
+    per_sample, batch = target_entropy(distinct, distinct.mean(0), 0.04)
+    assert per_sample < 0.01 and batch == pytest.approx(math.log(32), abs=0.01)
+
+
+def test_uniform_targets_are_reported(caplog):
+    cfg = PretrainConfig(data="x", global_dim=64, local_dim=32)
+    with caplog.at_level("WARNING", logger="asit_embed.pretrain"):
+        _warn_if_uniform({"global_target_entropy": 0.99 * math.log(64), "local_target_entropy": 1.0}, cfg, 186)
+    assert len(caplog.records) == 1 and "global distillation targets are near-uniform" in caplog.text
+    assert "--ema-start" in caplog.text
+
+
 def test_reconstruction_loss_counts_only_the_corrupted_area():
     target = torch.zeros(1, 4, 4)
     recon = torch.zeros(1, 4, 4)
@@ -94,6 +116,8 @@ def test_short_run_lowers_every_loss_and_fine_tunes(tmp_path, clips_manifest):
     assert len(log) == 8
     for term in ("global", "local", "recon"):
         assert min(r[term] for r in log[-3:]) < log[0][term], term
+    for term, dim in (("global", 64), ("local", 32)):  # the collapse diagnostics are logged, in range
+        assert all(0 <= r[f"{term}_target_entropy"] <= math.log(dim) + 1e-4 for r in log), term
     plot_log(tmp_path / "pt" / "log.jsonl", tmp_path / "losses.png")
     assert (tmp_path / "losses.png").stat().st_size > 1000
 
@@ -123,6 +147,8 @@ def test_init_with_mismatched_shapes_is_a_clear_error(tmp_path, clips_manifest):
 def test_config_checks():
     with pytest.raises(ValueError, match="mask_ratio"):
         PretrainConfig(data="x", mask_ratio=(0.7, 0.5))
+    with pytest.raises(ValueError, match="ema_start"):
+        PretrainConfig(data="x", ema_start=1.5)
     with pytest.raises(ValueError, match="nothing to train"):
         PretrainConfig(data="x", w_global=0, w_local=0, w_recon=0)
     assert os.path.basename(PretrainConfig(data="x").out_dir) == "pretrain"

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from asit_embed import encoder as encoder_module
+from asit_embed import load_encoder
+from asit_embed.cli import main as cli
+from enroll.cli import main as enroll_main
+
+
+@pytest.fixture(scope="module")
+def bf16_encoder():
+    if not encoder_module._cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16 kernels")
+    return load_encoder(precision="bfloat16")
+
+
+def test_bfloat16_matches_float32(encoder, bf16_encoder, clip_rows):
+    assert bf16_encoder.precision == "bfloat16" and encoder.precision == "float32"
+    paths = [r["path"] for r in clip_rows]  # every bundled clip: short ones padded and masked, long ones windowed
+    ref = encoder.embed_files(paths, batch_size=8)
+    waves = [encoder.load(p) for p in paths[:4]]
+    long = np.concatenate(waves * 3)  # tens of seconds: many windows averaged
+    for batch in (1, 16):
+        out = bf16_encoder.embed_files(paths, batch_size=batch)
+        assert out.dtype == np.float32 and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+        assert (np.sum(out * ref, axis=1) >= 0.9999).all(), np.sum(out * ref, axis=1).min()
+    cos = float(bf16_encoder.embed(long, encoder.sample_rate) @ encoder.embed(long, encoder.sample_rate))
+    assert cos >= 0.9999
+    assert bf16_encoder.fingerprint == encoder.fingerprint  # same model: registries are interchangeable
+
+
+def test_bfloat16_without_native_support_falls_back_with_a_warning(monkeypatch):
+    monkeypatch.setattr(encoder_module, "_cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16 support; using float32"):
+        enc = load_encoder(precision="bf16")
+    assert enc.precision == "float32"
+
+
+def test_precision_errors():
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        load_encoder(precision="int4")
+    with pytest.raises(ValueError, match="needs backend='torch', not 'onnx'"):
+        load_encoder(backend="onnx", precision="bfloat16")
+
+
+def test_cli_embed_in_bfloat16(tmp_path, clip_rows, encoder):
+    if not encoder_module._cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16 kernels")
+    out = tmp_path / "e.npy"
+    assert cli(["embed", clip_rows[0]["path"], "--precision", "bfloat16", "--out", str(out)]) == 0
+    assert float(np.load(out)[0] @ encoder.embed_file(clip_rows[0]["path"])) >= 0.9999
+
+
+def test_registry_built_in_float32_serves_bfloat16_queries(tmp_path, clip_rows, capsys):
+    if not encoder_module._cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16 kernels")
+
+    reg = ["--registry", str(tmp_path / "reg")]
+    a = [r["path"] for r in clip_rows if r["speaker"] == "0036"]
+    b = [r["path"] for r in clip_rows if r["speaker"] == "1027"]
+    assert enroll_main(reg + ["add", "alice", *a[:3]]) == 0
+    assert enroll_main(reg + ["add", "bob", *b[:3]]) == 0
+    capsys.readouterr()
+    assert enroll_main(reg + ["--precision", "bfloat16", "--json", "identify", a[4], b[4]]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["matches"][0]["name"] for r in result] == ["alice", "bob"]

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--w-local", type=float, default=1.0, help="local (token) distillation weight; 0 switches it off")
     r.add_argument("--w-recon", type=float, default=2.0, help="GMML reconstruction weight; 0 switches it off")
     r.add_argument("--ema-start", type=float, default=0.996,
-                   help="teacher momentum at the start (cosine schedule to 1); lower for short runs")
+                   help="teacher EMA momentum at the start (cosine schedule to 1)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-minutes", type=float)
     r.add_argument("--resume", action="store_true")

@@ -5,9 +5,9 @@
 (a) from scratch: AAM fine-tuning only
 (b) GMML reconstruction only: `asit-embed pretrain --w-global 0 --w-local 0` (3 epochs), then the same fine-tuning
 (c) GMML + local–global distillation: `asit-embed pretrain` (3 epochs, teacher momentum 0.996 → 1)
-(c2) the same with `--ema-start 0.99` and 6 epochs: in (c) the teacher hardly leaves its random initialisation
-     in 186 steps, so its CLS targets stay near-uniform and the global loss teaches little (logged as
-     ``global_target_entropy``); a faster teacher gives it something to distil
+(c2) the same with `--ema-start 0.99` and 6 epochs: does a teacher that follows the student sooner, and twice
+     the pretraining, keep the global (CLS) targets from going uniform as in (c)? (``global_target_entropy``
+     in the pretraining log; log(1024) = 6.93 nats is uniform)
 Pretraining uses `role=train` audio only (labels unused); each arm's fine-tuning is identical
 (`--init` from its pretrained encoder). Wall times are as measured: run it on an otherwise idle machine
 for them to compare. Resumable: a finished arm is read back from its folder; ``--arms`` runs a subset and

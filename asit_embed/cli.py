@@ -74,7 +74,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                          encoder=getattr(model, f"asit_{args.preset}")(**overrides).to_dict(), epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                          w_global=args.w_global, w_local=args.w_local, w_recon=args.w_recon,
-                         ema_start=args.ema_start, seed=args.seed,
+                         ema_start=args.ema_start, teacher_temp=args.teacher_temp,
+                         teacher_temp_end=args.teacher_temp_end, seed=args.seed,
                          max_minutes=args.max_minutes, progress=args.progress)
     record = pretrain(cfg, resume=args.resume)
     plot_log(Path(args.out) / "log.jsonl", Path(args.out) / "losses.png")
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--w-recon", type=float, default=2.0, help="GMML reconstruction weight; 0 switches it off")
     r.add_argument("--ema-start", type=float, default=0.996,
                    help="teacher EMA momentum at the start (cosine schedule to 1)")
+    r.add_argument("--teacher-temp", type=float, default=0.04, help="teacher temperature at the start")
+    r.add_argument("--teacher-temp-end", type=float, default=0.07,
+                   help="teacher temperature after its linear warm-up (30 epochs)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-minutes", type=float)
     r.add_argument("--resume", action="store_true")

@@ -25,3 +25,17 @@ def encoder():
     from asit_embed import load_encoder
 
     return load_encoder()
+
+
+@pytest.fixture
+def cli_registry(tmp_path, clip_rows):
+    """A registry made with ``asit-enroll add``: alice (speaker 0036) and bob (1027) from three clips each.
+    Returns the ``--registry`` arguments and each speaker's clip paths."""
+    from enroll.cli import main as enroll_main
+
+    reg = ["--registry", str(tmp_path / "reg")]
+    a = [r["path"] for r in clip_rows if r["speaker"] == "0036"]
+    b = [r["path"] for r in clip_rows if r["speaker"] == "1027"]
+    assert enroll_main(reg + ["add", "alice", *a[:3]]) == 0
+    assert enroll_main(reg + ["add", "bob", *b[:3]]) == 0
+    return reg, a, b

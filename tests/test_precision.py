@@ -53,15 +53,10 @@ def test_cli_embed_in_bfloat16(tmp_path, clip_rows, encoder):
     assert float(np.load(out)[0] @ encoder.embed_file(clip_rows[0]["path"])) >= 0.9999
 
 
-def test_registry_built_in_float32_serves_bfloat16_queries(tmp_path, clip_rows, capsys):
+def test_registry_built_in_float32_serves_bfloat16_queries(cli_registry, capsys):
     if not encoder_module._cpu_has_bf16():
         pytest.skip("this CPU has no native bfloat16 kernels")
-
-    reg = ["--registry", str(tmp_path / "reg")]
-    a = [r["path"] for r in clip_rows if r["speaker"] == "0036"]
-    b = [r["path"] for r in clip_rows if r["speaker"] == "1027"]
-    assert enroll_main(reg + ["add", "alice", *a[:3]]) == 0
-    assert enroll_main(reg + ["add", "bob", *b[:3]]) == 0
+    reg, a, b = cli_registry  # enrolled in float32
     capsys.readouterr()
     assert enroll_main(reg + ["--precision", "bfloat16", "--json", "identify", a[4], b[4]]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -29,7 +29,7 @@ def default_checkpoint_path() -> Path:
 
 
 BACKENDS = ("torch", "onnx")
-PRECISIONS = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+PRECISIONS = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # alias -> name
 
 
 def _cpu_has_bf16() -> bool:
@@ -74,7 +74,7 @@ class SpeakerEncoder:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if PRECISIONS[precision] == torch.bfloat16 and backend != "torch":
+        if PRECISIONS[precision] == "bfloat16" and backend != "torch":
             raise ValueError(f"precision={precision!r} needs backend='torch', not {backend!r}")
         self.device = torch.device(device)
         self.model: ASiTEncoder = checkpoint.build().to(self.device)
@@ -98,8 +98,8 @@ class SpeakerEncoder:
                 return "torch", self.model
         return "torch", self.model
 
-    def _select_precision(self, dtype: torch.dtype) -> str:
-        if dtype == torch.float32:
+    def _select_precision(self, precision: str) -> str:
+        if precision == "float32":
             return "float32"
         if self.device.type == "cpu" and not _cpu_has_bf16():
             warnings.warn("this CPU has no native bfloat16 support; using float32", stacklevel=4)
@@ -107,10 +107,8 @@ class SpeakerEncoder:
         return "bfloat16"
 
     def _run(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.precision == "bfloat16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self._network(spec, lengths).float()
-        return self._network(spec, lengths)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            return self._network(spec, lengths)
 
     @classmethod
     def from_model(cls, model: ASiTEncoder, *, metadata: dict | None = None, device: str = "cpu") -> SpeakerEncoder:

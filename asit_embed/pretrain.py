@@ -183,29 +183,33 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.T
     return ((recon - target).abs() * m).sum() / m.sum().clamp(min=1)
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, t_s: float, t_t: float
-                 ) -> torch.Tensor:
-    """KL(teacher ‖ student) of the centred, sharpened teacher distribution, over the last dim.
+def teacher_log_probs(teacher: torch.Tensor, center: torch.Tensor, t_t: float) -> torch.Tensor:
+    """The teacher's centred, sharpened target distribution over the last dim, as log-probabilities."""
+    return F.log_softmax((teacher - center) / t_t, dim=-1)
+
+
+def distill_loss(student: torch.Tensor, log_t: torch.Tensor, t_s: float) -> torch.Tensor:
+    """KL(teacher ‖ student) over the last dim, ``log_t`` from :func:`teacher_log_probs`.
 
     DINO minimises the cross-entropy H(t, s); KL = H(t, s) − H(t) has the same gradient for the student
     (the teacher gets none) but, unlike the cross-entropy, falls as the student learns even while
     centering raises the teacher's entropy — so the logged value shows progress.
     """
-    log_t = F.log_softmax((teacher - center) / t_t, dim=-1)
     return (log_t.exp() * (log_t - F.log_softmax(student / t_s, dim=-1))).sum(-1).mean()
 
 
 @torch.no_grad()
-def target_entropy(teacher: torch.Tensor, center: torch.Tensor, t_t: float) -> tuple[float, float]:
-    """Collapse diagnostics of the teacher's centred, sharpened targets over the last dim (in nats):
+def target_entropy(log_t: torch.Tensor) -> tuple[float, float]:
+    """Collapse diagnostics of the teacher's targets (``log_t`` from :func:`teacher_log_probs`), in nats:
     the mean per-sample entropy and the entropy of the batch-mean distribution.
 
     Healthy distillation has sharp targets that differ between samples (low first, high second). Both near
     ``log K`` means the targets are uniform and carry nothing (the teacher's outputs barely differ between
-    clips, e.g. a teacher still near its random initialisation); both near 0 means one prototype wins for all.
+    clips); both near 0 means one prototype wins for all.
     """
-    p = F.softmax((teacher - center) / t_t, dim=-1).flatten(0, -2)
-    per_sample = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+    log_t = log_t.flatten(0, -2)
+    p = log_t.exp()
+    per_sample = -(p * log_t).sum(-1).mean()
     mean = p.mean(0)
     return float(per_sample), float(-(mean * mean.clamp_min(1e-12).log()).sum())
 
@@ -300,13 +304,15 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             if cfg.w_global:
                 s_g, t_g = student.global_head(s_tok[:, 0]), teacher.global_head(t_tok[:, 0])
                 swapped = torch.cat([t_g[b:], t_g[:b]])             # view 1 learns from view 2 and back
-                losses["global"] = distill_loss(s_g, swapped, centers["global"], cfg.student_temp, t_t)
-                _add_entropy(entropy, "global", target_entropy(t_g, centers["global"], t_t))
+                log_t = teacher_log_probs(swapped, centers["global"], t_t)
+                losses["global"] = distill_loss(s_g, log_t, cfg.student_temp)
+                _add_entropy(entropy, "global", target_entropy(log_t))
                 centers["global"] = centers["global"] * cfg.center_momentum + t_g.mean(0) * (1 - cfg.center_momentum)
             if cfg.w_local:
                 s_l, t_l = student.local_head(s_tok[:, 1:]), teacher.local_head(t_tok[:, 1:])
-                losses["local"] = distill_loss(s_l, t_l, centers["local"], cfg.student_temp, t_t)
-                _add_entropy(entropy, "local", target_entropy(t_l, centers["local"], t_t))
+                log_t = teacher_log_probs(t_l, centers["local"], t_t)
+                losses["local"] = distill_loss(s_l, log_t, cfg.student_temp)
+                _add_entropy(entropy, "local", target_entropy(log_t))
                 centers["local"] = (centers["local"] * cfg.center_momentum
                                     + t_l.mean((0, 1)) * (1 - cfg.center_momentum))
             if cfg.w_recon:
@@ -318,14 +324,15 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
             opt.step()
-            ema_update(teacher, student, _cosine(cfg.ema_start, 1.0, g / total))
+            momentum = _cosine(cfg.ema_start, 1.0, g / total)
+            ema_update(teacher, student, momentum)
             for k, v in losses.items():
                 sums[k] += float(v.detach())
             sums["total"] += float(loss.detach())
         elapsed_now = elapsed + time.monotonic() - t_run
         record = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items() if k in losses or k == "total"},
                   **{k: round(v / steps, 4) for k, v in entropy.items()},
-                  "lr": lr, "teacher_temp": t_t, "ema": _cosine(cfg.ema_start, 1.0, g / total),
+                  "lr": lr, "teacher_temp": t_t, "ema": momentum,
                   "epoch_seconds": round(time.monotonic() - t0, 1), "wall_seconds": round(elapsed_now, 1)}
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -9,7 +9,8 @@ import torch
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.model import ASiTEncoder, EncoderConfig
 from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, ema_update, gmml_corrupt, gmml_mask, plot_log,
-                                 _warn_if_uniform, pretrain, reconstruction_loss, target_entropy)
+                                 _warn_if_uniform, pretrain, reconstruction_loss, target_entropy,
+                                 teacher_log_probs)
 from asit_embed.train import TrainConfig, train
 
 TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,
@@ -67,13 +68,13 @@ def test_ema_update_is_exact():
 def test_target_entropy_tells_uniform_and_one_hot_collapse_from_health():
     k = 64
     same = torch.randn(1, k).repeat(32, 1)  # every clip gives the same output: centred away to uniform targets
-    per_sample, batch = target_entropy(same, same.mean(0), 0.04)
+    per_sample, batch = target_entropy(teacher_log_probs(same, same.mean(0), 0.04))
     assert per_sample == pytest.approx(math.log(k), abs=1e-4) and batch == pytest.approx(math.log(k), abs=1e-4)
     winner = torch.zeros(32, k)
     winner[:, 3] = 100.0  # one prototype wins for every clip (no centering)
-    assert max(target_entropy(winner, torch.zeros(k), 0.04)) < 1e-3
+    assert max(target_entropy(teacher_log_probs(winner, torch.zeros(k), 0.04))) < 1e-3
     distinct = torch.eye(k)[:32] * 10  # sharp and different per clip: low per-sample, high batch entropy
-    per_sample, batch = target_entropy(distinct, distinct.mean(0), 0.04)
+    per_sample, batch = target_entropy(teacher_log_probs(distinct, distinct.mean(0), 0.04))
     assert per_sample < 0.01 and batch == pytest.approx(math.log(32), abs=0.01)
 
 

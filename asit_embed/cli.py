@@ -75,7 +75,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                          w_global=args.w_global, w_local=args.w_local, w_recon=args.w_recon,
                          ema_start=args.ema_start, teacher_temp=args.teacher_temp,
-                         teacher_temp_end=args.teacher_temp_end, seed=args.seed,
+                         teacher_temp_end=args.teacher_temp_end, w_koleo=args.w_koleo,
+                         view_shift=args.view_shift, seed=args.seed,
                          max_minutes=args.max_minutes, progress=args.progress)
     record = pretrain(cfg, resume=args.resume)
     plot_log(Path(args.out) / "log.jsonl", Path(args.out) / "losses.png")
@@ -193,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--teacher-temp", type=float, default=0.04, help="teacher temperature at the start")
     r.add_argument("--teacher-temp-end", type=float, default=0.07,
                    help="teacher temperature after its linear warm-up (30 epochs)")
+    r.add_argument("--w-koleo", type=float, default=0.0,
+                   help="KoLeo weight: spreads the student's global bottleneck so the targets cannot go uniform")
+    r.add_argument("--view-shift", type=float,
+                   help="max seconds between the starts of a clip's two crops (default: independent crops)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-minutes", type=float)
     r.add_argument("--resume", action="store_true")

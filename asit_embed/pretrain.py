@@ -11,6 +11,9 @@ Classification" (TASLP 2024), scaled down for small CPUs:
   projection head, centering, teacher temperature warm-up).
 - **Local**: token-level distillation of every patch token of the same view.
 - Teacher = EMA of the student, momentum on a cosine schedule from ``ema_start`` to 1.
+- Optional **KoLeo** spread (``w_koleo``, from DINOv2) on the student's global bottleneck: on this small
+  corpus the global targets otherwise go uniform within two epochs (every clip gets the same teacher output,
+  which centering flattens); `benchmarks/global_targets.py` measures it.
 
 Only unlabelled audio is used; the result is an encoder checkpoint that ``asit-embed train --init`` fine-tunes.
 """
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asit_embed.checkpoint import save_checkpoint
-from asit_embed.data import load_items, load_waveforms, random_crop
+from asit_embed.data import load_items, load_waveforms
 from asit_embed.features import fbank, normalize, samples_for_frames
 from asit_embed.model import ASiTEncoder, EncoderConfig
 from asit_embed.train import _seed_all, feature_stats
@@ -69,6 +72,8 @@ class PretrainConfig:
     teacher_temp_epochs: int = 30
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    w_koleo: float = 0.0             # KoLeo spread of the student's global bottleneck (DINOv2); 0: off
+    view_shift: float | None = None  # max seconds between the two crops of a clip; None: independent crops
     # loss weights; 0 switches a term off
     w_global: float = 1.0
     w_local: float = 1.0
@@ -84,6 +89,8 @@ class PretrainConfig:
             raise ValueError(f"mask_ratio {self.mask_ratio} must satisfy 0 < low <= high < 1")
         if not 0 <= self.ema_start <= 1:
             raise ValueError(f"ema_start {self.ema_start} must be in [0, 1]")
+        if self.view_shift is not None and self.view_shift < 0:
+            raise ValueError(f"view_shift {self.view_shift} must be >= 0 seconds")
         if self.w_global == self.w_local == self.w_recon == 0:
             raise ValueError("every loss weight is 0: nothing to train")
 
@@ -122,6 +129,18 @@ def gmml_mask(shape: tuple[int, int, int], *, ratio: tuple[float, float] = (0.5,
     return masks
 
 
+def crop_pair(wave: torch.Tensor, n: int, max_shift: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ``n``-sample crops of ``(samples,)`` ``wave`` (tiled first when shorter), whose starts lie at most
+    ``max_shift`` samples apart (``None``: anywhere, independently)."""
+    if wave.shape[0] < n:
+        wave = wave.repeat(n // wave.shape[0] + 1)
+    last = wave.shape[0] - n
+    a = int(torch.randint(0, last + 1, ()))
+    lo, hi = (0, last) if max_shift is None else (max(0, a - max_shift), min(last, a + max_shift))
+    b = int(torch.randint(lo, hi + 1, ()))
+    return wave[a:a + n], wave[b:b + n]
+
+
 def gmml_corrupt(spec: torch.Tensor, mask: torch.Tensor, *, p_replace: float = 0.5) -> torch.Tensor:
     """Fill the masked area of ``spec (batch, n_mels, frames)``: with probability ``p_replace`` per sample
     the same area of the next clip in the batch, otherwise Gaussian noise or zeros (even odds)."""
@@ -143,8 +162,11 @@ class Head(nn.Module):
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
         self.last.parametrizations.weight.original0.data.fill_(1.0)
 
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x), dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last(F.normalize(self.mlp(x), dim=-1))
+        return self.last(self.bottleneck(x))
 
 
 class ASiTPretrainer(nn.Module):
@@ -183,6 +205,17 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.T
     return ((recon - target).abs() * m).sum() / m.sum().clamp(min=1)
 
 
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Kozachenko–Leonenko spread regulariser (DINOv2): −mean log distance from each L2-normalised row of
+    ``x (batch, dim)`` to its nearest neighbour. Applied to the student's global bottleneck, it keeps
+    different clips apart there, so the teacher (its average) cannot map every clip to one output that
+    centering then turns into uniform targets. Neither torch nor SpeechBrain ships it."""
+    x = F.normalize(x.float(), dim=-1)
+    d = torch.cdist(x, x)
+    d = d + torch.eye(len(x), dtype=d.dtype) * 4.0  # distances of unit vectors are <= 2: never pick oneself
+    return -torch.log(d.min(1).values + eps).mean()
+
+
 def teacher_log_probs(teacher: torch.Tensor, center: torch.Tensor, t_t: float) -> torch.Tensor:
     """The teacher's centred, sharpened target distribution over the last dim, as log-probabilities."""
     return F.log_softmax((teacher - center) / t_t, dim=-1)
@@ -215,10 +248,29 @@ def target_entropy(log_t: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def mean_pairwise_cosine(x: torch.Tensor) -> float:
+    """Mean cosine similarity between different rows of ``x (batch, dim)``: near 1 when every clip's CLS is the
+    same vector, which is what uniform global targets come from."""
+    x = F.normalize(x.float(), dim=-1)
+    n = len(x)
+    return float(((x @ x.T).sum() - n) / max(1, n * (n - 1)))
+
+
+@torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher ← momentum · teacher + (1 − momentum) · student, parameter by parameter."""
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+
+
+def build_student_teacher(enc_cfg: EncoderConfig, cfg: PretrainConfig) -> tuple[ASiTPretrainer, ASiTPretrainer]:
+    """The student and its teacher: a frozen copy kept in eval mode, so its targets are deterministic (no
+    stochastic depth, as in DINO / ASiT) and it moves only by :func:`ema_update`."""
+    student = ASiTPretrainer(enc_cfg, cfg)
+    teacher = copy.deepcopy(student).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher
 
 
 def _cosine(start: float, end: float, t: float) -> float:
@@ -243,8 +295,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         mean, std = feature_stats(items, enc_cfg)
         enc_cfg = dataclasses.replace(enc_cfg, feat_mean=mean, feat_std=std)
     _seed_all(cfg.seed)
-    student = ASiTPretrainer(enc_cfg, cfg)
-    teacher = copy.deepcopy(student)
+    student, teacher = build_student_teacher(enc_cfg, cfg)
     centers = {"global": torch.zeros(cfg.global_dim), "local": torch.zeros(cfg.local_dim)}
     decay = [p for n, p in student.named_parameters() if p.ndim > 1 and not n.endswith(("cls_token", "pos_embed"))]
     no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and not n.endswith(("cls_token", "pos_embed")))]
@@ -256,8 +307,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         opt.load_state_dict(state["optimizer"])
         centers = state["centers"]
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     (out / "config.json").write_text(json.dumps({"pretrain": cfg.to_dict(), "encoder": enc_cfg.to_dict()}, indent=2))
 
     crop = samples_for_frames(enc_cfg.crop_frames, enc_cfg)
@@ -267,8 +316,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         raise ValueError(f"{len(waves)} clips do not fill one batch of {cfg.batch_size}")
     total = cfg.epochs * steps
 
+    max_shift = None if cfg.view_shift is None else round(cfg.view_shift * enc_cfg.sample_rate)
+
     def views(idx: list[int]) -> torch.Tensor:
-        return torch.stack([normalize(fbank(random_crop(waves[i], crop), enc_cfg), enc_cfg).T for i in idx])
+        """Two crops of each clip, all first views then all second views: ``(2B, n_mels, frames)``."""
+        pairs = [crop_pair(waves[i], crop, max_shift) for i in idx]
+        return torch.stack([normalize(fbank(w, enc_cfg), enc_cfg).T for view in zip(*pairs) for w in view])
 
     t_run, record = time.monotonic(), {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -277,8 +330,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         perm = torch.randperm(len(waves)).tolist()
         t_t = cfg.teacher_temp_end if epoch >= cfg.teacher_temp_epochs else (
             cfg.teacher_temp + (cfg.teacher_temp_end - cfg.teacher_temp) * epoch / max(1, cfg.teacher_temp_epochs))
-        sums = {"global": 0.0, "local": 0.0, "recon": 0.0, "total": 0.0}
-        entropy = {}  # collapse diagnostics, summed over the epoch
+        sums = {"global": 0.0, "local": 0.0, "recon": 0.0, "koleo": 0.0, "total": 0.0}
+        diagnostics = {}  # collapse diagnostics (target entropies, teacher CLS cosine), summed over the epoch
         it = range(steps)
         if cfg.progress:
             from tqdm import tqdm
@@ -292,7 +345,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
             opt.param_groups[0]["weight_decay"] = _cosine(cfg.weight_decay_end, cfg.weight_decay, 1 - g / total)
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            clean = torch.cat([views(idx), views(idx)])           # two crops of each clip: (2B, F, T)
+            clean = views(idx)
             mask = gmml_mask(tuple(clean.shape), ratio=cfg.mask_ratio, max_block=cfg.max_block)
             corrupted = gmml_corrupt(clean, mask, p_replace=cfg.p_replace)
             s_tok = student.tokens(corrupted)
@@ -302,24 +355,29 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             losses = {}
             b = len(idx)
             if cfg.w_global:
-                s_g, t_g = student.global_head(s_tok[:, 0]), teacher.global_head(t_tok[:, 0])
+                z_s = student.global_head.bottleneck(s_tok[:, 0])
+                s_g, t_g = student.global_head.last(z_s), teacher.global_head(t_tok[:, 0])
                 swapped = torch.cat([t_g[b:], t_g[:b]])             # view 1 learns from view 2 and back
                 log_t = teacher_log_probs(swapped, centers["global"], t_t)
                 losses["global"] = distill_loss(s_g, log_t, cfg.student_temp)
-                _add_entropy(entropy, "global", target_entropy(log_t))
+                _add_entropy(diagnostics, "global", target_entropy(log_t))
+                cos = mean_pairwise_cosine(t_tok[:, 0])
+                diagnostics["teacher_cls_cosine"] = diagnostics.get("teacher_cls_cosine", 0.0) + cos
                 centers["global"] = centers["global"] * cfg.center_momentum + t_g.mean(0) * (1 - cfg.center_momentum)
+            if cfg.w_koleo and cfg.w_global:
+                losses["koleo"] = (koleo_loss(z_s[:b]) + koleo_loss(z_s[b:])) / 2
             if cfg.w_local:
                 s_l, t_l = student.local_head(s_tok[:, 1:]), teacher.local_head(t_tok[:, 1:])
                 log_t = teacher_log_probs(t_l, centers["local"], t_t)
                 losses["local"] = distill_loss(s_l, log_t, cfg.student_temp)
-                _add_entropy(entropy, "local", target_entropy(log_t))
+                _add_entropy(diagnostics, "local", target_entropy(log_t))
                 centers["local"] = (centers["local"] * cfg.center_momentum
                                     + t_l.mean((0, 1)) * (1 - cfg.center_momentum))
             if cfg.w_recon:
                 recon, covered = student.reconstruct(s_tok[:, 1:], clean.shape[1:])
                 losses["recon"] = reconstruction_loss(recon, clean, mask & covered)
             loss = (cfg.w_global * losses.get("global", 0) + cfg.w_local * losses.get("local", 0)
-                    + cfg.w_recon * losses.get("recon", 0))
+                    + cfg.w_recon * losses.get("recon", 0) + cfg.w_koleo * losses.get("koleo", 0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
@@ -331,7 +389,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             sums["total"] += float(loss.detach())
         elapsed_now = elapsed + time.monotonic() - t_run
         record = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items() if k in losses or k == "total"},
-                  **{k: round(v / steps, 4) for k, v in entropy.items()},
+                  **{k: round(v / steps, 4) for k, v in diagnostics.items()},
                   "lr": lr, "teacher_temp": t_t, "ema": momentum,
                   "epoch_seconds": round(time.monotonic() - t0, 1), "wall_seconds": round(elapsed_now, 1)}
         with open(out / "log.jsonl", "a") as f:
@@ -364,7 +422,8 @@ def _warn_if_uniform(record: dict, cfg: PretrainConfig) -> None:
         if h is not None and h > 0.95 * math.log(dim):
             log.warning("%s distillation targets are near-uniform (entropy %.2f of %.2f nats): the teacher's outputs "
                         "barely differ between clips (centering outweighs sharpening), so this loss teaches little "
-                        "and its falling value is not progress; the other terms still train the encoder",
+                        "and its falling value is not progress; the other terms still train the encoder (for the "
+                        "global term, --w-koleo 0.3 with --teacher-temp 0.02 keeps the targets informative)",
                         term, h, math.log(dim))
 
 
@@ -375,8 +434,8 @@ def plot_log(log_path: str | os.PathLike, out: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in open(log_path)]
-    terms = [k for k in ("global", "local", "recon", "total", "global_target_entropy", "local_target_entropy")
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+    terms = [k for k in ("global", "local", "recon", "koleo", "total", "global_target_entropy", "local_target_entropy")
              if k in records[0]]
     fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3.2), squeeze=False)
     for ax, k in zip(axes[0], terms):

@@ -1,4 +1,4 @@
-"""Does ASiT pretraining help? Three arms, the same fine-tuning budget, evaluated on the unseen dev speakers.
+"""Does ASiT pretraining help? Arms with the same fine-tuning budget, evaluated on the unseen dev speakers.
 
     python benchmarks/ssl_ablation.py [--arms a_scratch ...] [--finetune-epochs 8] [--out runs/ssl_ablation]
 
@@ -8,6 +8,8 @@
 (c2) the same with `--ema-start 0.99` and 6 epochs: does a teacher that follows the student sooner, and twice
      the pretraining, keep the global (CLS) targets from going uniform as in (c)? (``global_target_entropy``
      in the pretraining log; log(1024) = 6.93 nats is uniform)
+(d) the same with informative global targets (`--w-koleo 0.3 --teacher-temp 0.02 --teacher-temp-end 0.02`, which
+    keep the targets from going uniform: `benchmarks/global_targets.py`), 6 epochs; (d15) the same for 15 epochs
 Pretraining uses `role=train` audio only (labels unused); each arm's fine-tuning is identical
 (`--init` from its pretrained encoder). Wall times are as measured: run it on an otherwise idle machine
 for them to compare. Resumable: a finished arm is read back from its folder; ``--arms`` runs a subset and
@@ -26,14 +28,18 @@ from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
 from asit_embed.cli import main as cli  # noqa: E402
 
+KOLEO = ["--w-koleo", "0.3", "--teacher-temp", "0.02", "--teacher-temp-end", "0.02"]
 # arm -> (pretraining epochs, extra `asit-embed pretrain` arguments); None: no pretraining
 ARMS = {
     "a_scratch": None,
     "b_recon_only": (3, ["--w-global", "0", "--w-local", "0"]),
     "c_gmml_local_global": (3, []),
     "c2_gmml_local_global_ema099": (6, ["--ema-start", "0.99"]),
+    "d_gmml_local_global_koleo": (6, KOLEO),
+    "d15_gmml_local_global_koleo": (15, KOLEO),
 }
-CURVES = ("global", "local", "recon", "global_target_entropy", "local_target_entropy")
+CURVES = ("global", "local", "recon", "koleo", "global_target_entropy", "global_batch_entropy", "teacher_cls_cosine",
+          "local_target_entropy")
 
 
 def run_arm(name, spec, args, manifest) -> dict:
@@ -55,7 +61,7 @@ def run_arm(name, spec, args, manifest) -> dict:
          "--eval-every", "2", "--seed", str(args.seed), "--resume", *init]
         + ([] if init else ["--preset", "tiny"]))
     best = load_checkpoint(root / "finetune" / "best.pt").metadata["dev"]
-    log = [json.loads(line) for line in open(root / "finetune" / "log.jsonl")]
+    log = [json.loads(line) for line in (root / "finetune" / "log.jsonl").read_text().splitlines()]
     result = {"arm": name, "dev_eer": best["dev_eer"], "dev_min_dcf": best["dev_min_dcf"], "dev_top1": best["dev_top1"],
               "best_epoch": best["epoch"], "pretrain_epochs": 0 if spec is None else spec[0],
               "finetune_epochs": args.finetune_epochs, "pretrain_minutes": round(pre_seconds / 60, 1),
@@ -81,7 +87,7 @@ def main() -> int:
         r = rows[name] = run_arm(name, ARMS[name], args, manifest)
         log = args.out / name / "pretrain" / "log.jsonl"
         if log.is_file():  # the pretraining curves, per epoch, for reading the result
-            recs = [json.loads(line) for line in open(log)]
+            recs = [json.loads(line) for line in log.read_text().splitlines()]
             r["pretrain_loss_curves"] = {k: [round(x[k], 4) for x in recs] for k in CURVES if k in recs[0]}
     rows = [rows[name] for name in ARMS if name in rows]
     print(f"{'arm':<30} {'pretrain':>9} {'finetune':>9} {'top-1':>7} {'EER':>7} {'minDCF':>7}")

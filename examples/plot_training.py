@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(log_path: str, out: str | None = None) -> None:
-    records = [json.loads(line) for line in open(log_path)]
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
     epochs = [r["epoch"] for r in records]
     dev = [r for r in records if "dev_eer" in r]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))

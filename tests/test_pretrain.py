@@ -8,7 +8,8 @@ import torch
 
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.model import ASiTEncoder, EncoderConfig
-from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, ema_update, gmml_corrupt, gmml_mask, plot_log,
+from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, build_student_teacher, crop_pair, ema_update,
+                                 gmml_corrupt, gmml_mask, koleo_loss, mean_pairwise_cosine, plot_log,
                                  _warn_if_uniform, pretrain, reconstruction_loss, target_entropy,
                                  teacher_log_probs)
 from asit_embed.train import TrainConfig, train
@@ -113,7 +114,7 @@ def test_short_run_lowers_every_loss_and_fine_tunes(tmp_path, clips_manifest):
                          epochs=8, batch_size=12, lr=2e-3, warmup_epochs=1, global_dim=64, local_dim=32,
                          teacher_temp_epochs=2, ema_start=0.9)
     pretrain(cfg)
-    log = [json.loads(line) for line in open(tmp_path / "pt" / "log.jsonl")]
+    log = [json.loads(line) for line in (tmp_path / "pt" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 8
     for term in ("global", "local", "recon"):
         assert min(r[term] for r in log[-3:]) < log[0][term], term
@@ -153,3 +154,71 @@ def test_config_checks():
     with pytest.raises(ValueError, match="nothing to train"):
         PretrainConfig(data="x", w_global=0, w_local=0, w_recon=0)
     assert os.path.basename(PretrainConfig(data="x").out_dir) == "pretrain"
+
+
+def test_crop_pairs_share_content_up_to_the_shift():
+    wave = torch.arange(16000.0)
+    torch.manual_seed(0)
+    for shift in (0, 800):
+        for _ in range(50):
+            a, b = crop_pair(wave, 4000, shift)
+            assert a.shape == b.shape == (4000,)
+            assert abs(int(a[0]) - int(b[0])) <= shift
+    gaps = [abs(int(a[0]) - int(b[0])) for a, b in (crop_pair(wave, 4000) for _ in range(50))]
+    assert max(gaps) > 800  # independent crops by default
+    a, b = crop_pair(torch.arange(1000.0), 4000, 0)  # shorter than a crop: tiled
+    assert a.shape == (4000,) and torch.equal(a, b)
+
+
+def test_koleo_rewards_spread_and_its_gradient_separates_neighbours():
+    torch.manual_seed(0)
+    spread = torch.eye(8)
+    clustered = torch.ones(8, 8) + 0.01 * torch.randn(8, 8)
+    assert koleo_loss(spread) < koleo_loss(clustered)
+    assert torch.isfinite(koleo_loss(torch.ones(4, 8)))  # duplicates: large but finite
+    x = clustered.clone().requires_grad_(True)
+    koleo_loss(x).backward()
+    with torch.no_grad():
+        moved = torch.nn.functional.normalize(x - 0.01 * x.grad, dim=-1)
+        before = torch.nn.functional.normalize(clustered, dim=-1)
+        nearest = lambda y: (torch.cdist(y, y) + torch.eye(8) * 4).min(1).values.mean()  # noqa: E731
+    assert nearest(moved) > nearest(before)
+
+
+def test_mean_pairwise_cosine():
+    assert mean_pairwise_cosine(torch.ones(5, 3)) == pytest.approx(1.0)
+    assert mean_pairwise_cosine(torch.eye(4)) == pytest.approx(0.0)
+
+
+def test_teacher_is_frozen_and_deterministic():
+    cfg = EncoderConfig(**{**TINY, "drop_path": 0.5})
+    student, teacher = build_student_teacher(cfg, PretrainConfig(data="x", global_dim=16, local_dim=8))
+    assert student.training and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    spec = torch.randn(2, 128, 100)
+    assert torch.equal(teacher.tokens(spec), teacher.tokens(spec))  # no stochastic depth in the targets
+
+
+def test_koleo_and_view_shift_run_and_are_logged(tmp_path, clips_manifest):
+    cfg = PretrainConfig(data=str(clips_manifest), out_dir=str(tmp_path / "pt"), role=None, encoder=TINY,
+                         epochs=1, batch_size=12, warmup_epochs=1, global_dim=64, local_dim=32, w_koleo=0.3,
+                         view_shift=0.25)
+    record = pretrain(cfg)
+    assert math.isfinite(record["koleo"]) and record["koleo"] > 0
+    assert -1 <= record["teacher_cls_cosine"] <= 1
+    assert math.isfinite(record["total"])
+    with pytest.raises(ValueError, match="view_shift"):
+        PretrainConfig(data="x", view_shift=-1)
+
+
+def test_cli_passes_the_global_target_flags(tmp_path, clips_manifest):
+    from asit_embed.cli import main
+
+    out = tmp_path / "pt"
+    assert main(["pretrain", "--data", str(clips_manifest), "--role", "all", "--out", str(out), "--epochs", "1",
+                 "--batch-size", "12", "--warmup-epochs", "1", "--depth", "1", "--w-koleo", "0.3",
+                 "--view-shift", "0.5", "--teacher-temp", "0.02", "--teacher-temp-end", "0.02"]) == 0
+    cfg = json.loads((out / "config.json").read_text())["pretrain"]
+    assert (cfg["w_koleo"], cfg["view_shift"], cfg["teacher_temp"], cfg["teacher_temp_end"]) == (0.3, 0.5, 0.02, 0.02)
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert record["koleo"] > 0 and (out / "losses.png").is_file()

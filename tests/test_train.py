@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def config(tmp_path, clips_manifest, **kw):
 
 
 def read_log(out_dir):
-    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+    return [json.loads(line) for line in Path(out_dir, "log.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow

@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--margin-ramp", type=int, default=10, help="epochs to raise the margin to its final value")
     t.add_argument("--eval-every", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-minutes", type=float, help="stop before an epoch that would overrun this budget")
+    t.add_argument("--max-minutes", type=float,
+                   help="stop before an epoch that would overrun this budget (counting earlier runs of a resumed one)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--progress", action="store_true")
     from asit_embed.augment import AugmentConfig
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--view-shift", type=float,
                    help="max seconds between the starts of a clip's two crops (default: independent crops)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--max-minutes", type=float)
+    r.add_argument("--max-minutes", type=float, help="wall-clock budget, counting earlier runs of a resumed one")
     r.add_argument("--resume", action="store_true")
     r.add_argument("--progress", action="store_true")
     r.set_defaults(func=cmd_pretrain)

@@ -324,6 +324,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         return torch.stack([normalize(fbank(w, enc_cfg), enc_cfg).T for view in zip(*pairs) for w in view])
 
     t_run, record = time.monotonic(), {}
+    if state is not None and cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:  # counts earlier runs
+        log.info("the %s-minute budget was already spent (%.1f min): nothing to resume", cfg.max_minutes, elapsed / 60)
+        start_epoch = cfg.epochs
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
         _seed_all(cfg.seed * 100003 + epoch)
@@ -404,7 +407,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         save_checkpoint(out / "encoder.pt", teacher.encoder,
                         metadata={"pretrain": {**cfg.to_dict(), "epochs_done": epoch + 1}})
         now = time.monotonic()
-        if cfg.max_minutes is not None and now - t_run + (now - t0) > cfg.max_minutes * 60:
+        if cfg.max_minutes is not None and elapsed + now - t_run + (now - t0) > cfg.max_minutes * 60:
             log.info("stopping after epoch %d: wall-clock budget of %s min reached", epoch + 1, cfg.max_minutes)
             break
     return record

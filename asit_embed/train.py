@@ -196,6 +196,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
 
     t_run, record = time.monotonic(), {}
+    if state is not None and cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:  # counts earlier runs
+        log.info("the %s-minute budget was already spent (%.1f min): nothing to resume", cfg.max_minutes, elapsed / 60)
+        start_epoch = cfg.epochs
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
         perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
@@ -250,7 +253,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             os.replace(out / "last.pt.tmp", state_path)
         if not dev_items and main:
             save_checkpoint(out / "best.pt", model.encoder, metadata=_metadata(cfg, labels, best, world))
-        if cfg.max_minutes is not None and _out_of_time(t_run, t0, cfg.max_minutes, world, device):
+        if cfg.max_minutes is not None and _out_of_time(t_run - elapsed, t0, cfg.max_minutes, world, device):
             log.info("stopping after epoch %d: wall-clock budget of %s min reached", epoch + 1, cfg.max_minutes)
             break
     if world > 1:
@@ -258,10 +261,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     return record
 
 
-def _out_of_time(t_run: float, t_epoch: float, max_minutes: float, world: int, device) -> bool:
-    """True when another epoch as long as the last would overrun the budget (agreed across ranks)."""
+def _out_of_time(t_start: float, t_epoch: float, max_minutes: float, world: int, device) -> bool:
+    """True when another epoch as long as the last would overrun the budget (agreed across ranks).
+    ``t_start``: when the budget began, on this run's monotonic clock (earlier runs' time subtracted)."""
     now = time.monotonic()
-    stop = torch.tensor(float(now - t_run + (now - t_epoch) > max_minutes * 60), device=device)
+    stop = torch.tensor(float(now - t_start + (now - t_epoch) > max_minutes * 60), device=device)
     if world > 1:
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     return bool(stop)

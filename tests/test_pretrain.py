@@ -201,9 +201,11 @@ def test_teacher_is_frozen_and_deterministic():
 
 def test_koleo_and_view_shift_run_and_are_logged(tmp_path, clips_manifest):
     cfg = PretrainConfig(data=str(clips_manifest), out_dir=str(tmp_path / "pt"), role=None, encoder=TINY,
-                         epochs=1, batch_size=12, warmup_epochs=1, global_dim=64, local_dim=32, w_koleo=0.3,
-                         view_shift=0.25)
-    record = pretrain(cfg)
+                         epochs=2, batch_size=12, warmup_epochs=1, global_dim=64, local_dim=32, w_koleo=0.3,
+                         view_shift=0.25, max_minutes=0.0)
+    record = pretrain(cfg)  # stops after one epoch: the budget is spent
+    assert pretrain(cfg, resume=True) == {}  # and stays spent on resuming
+    assert len((tmp_path / "pt" / "log.jsonl").read_text().splitlines()) == 1
     assert math.isfinite(record["koleo"]) and record["koleo"] > 0
     assert -1 <= record["teacher_cls_cosine"] <= 1
     assert math.isfinite(record["total"])

@@ -49,6 +49,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, clips_manifest):
     part = config(tmp_path / "b", clips_manifest, epochs=3, augment=aug)
     train(TrainConfig.from_dict({**part.to_dict(), "max_minutes": 0.0}))  # stops after the first epoch
     assert len(read_log(part.out_dir)) == 1
+    train(TrainConfig.from_dict({**part.to_dict(), "max_minutes": 0.0}), resume=True)  # the budget is spent
+    assert len(read_log(part.out_dir)) == 1
     train(part, resume=True)
     a = torch.load(os.path.join(full.out_dir, "last.pt"), weights_only=True)["model"]
     b = torch.load(os.path.join(part.out_dir, "last.pt"), weights_only=True)["model"]

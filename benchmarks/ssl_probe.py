@@ -2,8 +2,8 @@
 
     python benchmarks/ssl_probe.py [--arms-dir runs/ssl_ablation]
 
-For every ``ARM/pretrain/encoder.pt`` that ``benchmarks/ssl_ablation.py`` left (and for the randomly
-initialised encoder that arm (a) starts from), each dev clip is embedded whole by the frozen encoder in
+For every ``ARM/pretrain/encoder.pt`` that ``benchmarks/ssl_ablation.py`` left (and for a randomly
+initialised encoder of the same architecture), each dev clip is embedded whole by the frozen encoder in
 two ways, and scored on the usual unseen-speaker protocol (25 dev speakers, 5 enrollment clips each):
 
 - ``cls``: the CLS token (what the global distillation trains);
@@ -64,7 +64,7 @@ def main() -> int:
         return 2
     rows = []
     first = load_checkpoint(encoders[0])
-    _seed_all(0)  # the random initialisation arm (a) starts from, with the same feature statistics
+    _seed_all(0)  # a random initialisation of the same architecture and feature statistics
     rows.append({"arm": "random_init", **probe(ASiTEncoder(first.config), items)})
     for path in encoders:
         ck = load_checkpoint(path)

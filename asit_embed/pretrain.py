@@ -38,7 +38,7 @@ from asit_embed.checkpoint import save_checkpoint
 from asit_embed.data import load_items, load_waveforms
 from asit_embed.features import fbank, normalize, samples_for_frames
 from asit_embed.model import ASiTEncoder, EncoderConfig
-from asit_embed.train import _seed_all, feature_stats
+from asit_embed.train import _out_of_time, _seed_all, budget_spent, feature_stats
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         return torch.stack([normalize(fbank(w, enc_cfg), enc_cfg).T for view in zip(*pairs) for w in view])
 
     t_run, record = time.monotonic(), {}
-    if state is not None and cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:  # counts earlier runs
-        log.info("the %s-minute budget was already spent (%.1f min): nothing to resume", cfg.max_minutes, elapsed / 60)
+    if state is not None and budget_spent(elapsed, cfg.max_minutes):
         start_epoch = cfg.epochs
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
@@ -406,8 +405,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         # The teacher's encoder is the smoother of the two (as in DINO / ASiT); it is what fine-tuning starts from.
         save_checkpoint(out / "encoder.pt", teacher.encoder,
                         metadata={"pretrain": {**cfg.to_dict(), "epochs_done": epoch + 1}})
-        now = time.monotonic()
-        if cfg.max_minutes is not None and elapsed + now - t_run + (now - t0) > cfg.max_minutes * 60:
+        if cfg.max_minutes is not None and _out_of_time(t_run - elapsed, t0, cfg.max_minutes, 1, "cpu"):
             log.info("stopping after epoch %d: wall-clock budget of %s min reached", epoch + 1, cfg.max_minutes)
             break
     return record

@@ -196,8 +196,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
 
     t_run, record = time.monotonic(), {}
-    if state is not None and cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:  # counts earlier runs
-        log.info("the %s-minute budget was already spent (%.1f min): nothing to resume", cfg.max_minutes, elapsed / 60)
+    if state is not None and budget_spent(elapsed, cfg.max_minutes):
         start_epoch = cfg.epochs
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
@@ -259,6 +258,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     if world > 1:
         dist.barrier()
     return record
+
+
+def budget_spent(elapsed: float, max_minutes: float | None) -> bool:
+    """True (and logged) when a resumed run's earlier runs already used up its ``max_minutes`` budget."""
+    if max_minutes is None or elapsed < max_minutes * 60:
+        return False
+    log.info("the %s-minute budget was already spent (%.1f min): nothing to resume", max_minutes, elapsed / 60)
+    return True
 
 
 def _out_of_time(t_start: float, t_epoch: float, max_minutes: float, world: int, device) -> bool:

@@ -1,5 +1,6 @@
 """Shared helpers for the benchmark scripts (they read the training corpus in ../shared)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,3 +15,11 @@ def require(path: Path) -> Path:
               f"(pass --manifest)", file=sys.stderr)
         sys.exit(2)
     return Path(path)
+
+
+def previous_rows(result_path: Path, table: str, key: str) -> dict:
+    """The rows of an earlier result file's ``table``, by their ``key`` field ({} when there is none yet),
+    so that a run of a subset merges into it."""
+    if not result_path.is_file():
+        return {}
+    return {r[key]: r for r in json.loads(result_path.read_text())[table]}

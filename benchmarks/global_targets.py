@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
+from _common import RESULTS, SHARED_MANIFEST, previous_rows, require  # noqa: E402
 
 from asit_embed import model  # noqa: E402
 from asit_embed.pretrain import PretrainConfig, pretrain  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> int:
     args = p.parse_args()
     data = subset_manifest(require(args.manifest), args.out / "subset.csv")
     result_path = RESULTS / "global_targets.json"
-    rows = {r["variant"]: r for r in json.loads(result_path.read_text())["variants"]} if result_path.is_file() else {}
+    rows = previous_rows(result_path, "variants", "variant")
     for name in args.variants:
         run = args.out / name
         cfg = PretrainConfig(data=str(data), out_dir=str(run), encoder=model.asit_tiny().to_dict(),

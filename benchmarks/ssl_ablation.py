@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
+from _common import RESULTS, SHARED_MANIFEST, previous_rows, require  # noqa: E402
 
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
 from asit_embed.cli import main as cli  # noqa: E402
@@ -81,8 +81,7 @@ def main() -> int:
     args = p.parse_args()
     manifest = require(args.manifest)
     result_path = RESULTS / "ssl_ablation.json"
-    previous = json.loads(result_path.read_text())["arms"] if result_path.is_file() else []
-    rows = {r["arm"]: r for r in previous}
+    rows = previous_rows(result_path, "arms", "arm")
     for name in args.arms:
         r = rows[name] = run_arm(name, ARMS[name], args, manifest)
         log = args.out / name / "pretrain" / "log.jsonl"

@@ -8,10 +8,10 @@ import torch
 
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.model import ASiTEncoder, EncoderConfig
-from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, build_student_teacher, crop_pair, ema_update,
-                                 gmml_corrupt, gmml_mask, koleo_loss, mean_pairwise_cosine, plot_log,
-                                 _warn_if_uniform, pretrain, reconstruction_loss, target_entropy,
-                                 teacher_log_probs)
+from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, build_student_teacher, ema_update, plot_log,
+                                 _warn_if_uniform, pretrain)
+from asit_embed.ssl_objectives import (crop_pair, gmml_corrupt, gmml_mask, koleo_loss, mean_pairwise_cosine,
+                                       reconstruction_loss, target_entropy, teacher_log_probs)
 from asit_embed.train import TrainConfig, train
 
 TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,

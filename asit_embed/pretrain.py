@@ -3,9 +3,9 @@
 Following Atito et al., "ASiT: Local-Global Audio Spectrogram vIsion Transformer for Event
 Classification" (TASLP 2024), scaled down for small CPUs:
 
-- **GMML corruption** (:func:`~asit_embed.ssl_objectives.gmml_corrupt`): 50–70 % of each crop's area is covered by random blocks (each
-  up to 30 % of the height/width, not aligned to patches), filled with noise, zeros, or — for some
-  samples — the same area of another clip in the batch.
+- **GMML corruption** (:func:`~asit_embed.ssl_objectives.gmml_corrupt`): 50–70 % of each crop's area is
+  covered by random blocks (each up to 30 % of the height/width, not aligned to patches), filled with
+  noise, zeros, or — for some samples — the same area of another clip in the batch.
 - **Reconstruction**: a linear head maps each student token back to its patch; L1 on the corrupted area only.
 - **Global**: DINO-style distillation of the CLS token across two views (teacher sees clean crops;
   projection head, centering, teacher temperature warm-up).

@@ -42,6 +42,14 @@ CURVES = ("global", "local", "recon", "koleo", "global_target_entropy", "global_
           "local_target_entropy")
 
 
+def pretrain_arm(spec, root: Path, seed: int, manifest: Path) -> Path:
+    """Pretrain (or resume, or read back) an arm's encoder into ``root/pretrain``; returns ``encoder.pt``."""
+    epochs, extra = spec
+    cli(["pretrain", "--data", str(manifest), "--out", str(root / "pretrain"), "--epochs", str(epochs),
+         "--warmup-epochs", "1", "--seed", str(seed), "--resume", *extra])
+    return root / "pretrain" / "encoder.pt"
+
+
 def run_arm(name, spec, args, manifest) -> dict:
     root = args.out / name
     done = root / "result.json"
@@ -51,11 +59,8 @@ def run_arm(name, spec, args, manifest) -> dict:
     init = []
     pre_seconds = 0.0
     if spec is not None:
-        epochs, extra = spec
-        cli(["pretrain", "--data", str(manifest), "--out", str(root / "pretrain"), "--epochs", str(epochs),
-             "--warmup-epochs", "1", "--seed", str(args.seed), "--resume", *extra])
+        init = ["--init", str(pretrain_arm(spec, root, args.seed, manifest))]
         pre_seconds = time.monotonic() - t0
-        init = ["--init", str(root / "pretrain" / "encoder.pt")]
     t1 = time.monotonic()
     cli(["train", "--data", str(manifest), "--out", str(root / "finetune"), "--epochs", str(args.finetune_epochs),
          "--eval-every", "2", "--seed", str(args.seed), "--resume", *init]

@@ -1,6 +1,6 @@
 """Plot a training run's log (loss, accuracy, dev EER / top-1 per epoch) to a PNG.
 
-    python examples/plot_training.py runs/shipped/log.jsonl [out.png]
+    python examples/plot_training.py runs/ft_d15_full/log.jsonl [out.png]
 """
 
 import json

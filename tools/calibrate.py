@@ -1,7 +1,7 @@
 """Turn a trained checkpoint into the shipped default: calibrate thresholds on dev, attach the AS-norm
 cohort, store compactly (fp16).
 
-    python tools/calibrate.py runs/shipped/best.pt asit_embed/pretrained/default.pt
+    python tools/calibrate.py runs/ft_d15_full/best.pt asit_embed/pretrained/default.pt
 
 - ``threshold``: the EER point of raw cosine scores on the ``dev`` speakers (unseen in training) under the
   evaluation protocol (5 enrollment clips per speaker, the rest probes).

@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -91,3 +94,13 @@ def test_from_model_wraps_in_memory_models():
     t = np.arange(16000) / 16000
     e = enc.embed(0.1 * np.sin(2 * np.pi * 200 * t), 16000)
     assert e.shape == (192,) and len(enc.fingerprint) == 16
+
+
+def test_model_card_describes_the_bundled_checkpoint(encoder):
+    """The card's fingerprint and dev threshold are those of the checkpoint that ships beside it."""
+    from asit_embed import encoder as encoder_module
+
+    card = (Path(encoder_module.__file__).parent / "pretrained" / "MODEL_CARD.md").read_text()
+    assert re.search(r"\| fingerprint \| `([0-9a-f]{16})`", card).group(1) == encoder.fingerprint
+    threshold = re.search(r"Default threshold: (0\.\d+)", card).group(1)
+    assert f"{encoder.metadata['threshold']:.3f}" == threshold

@@ -17,6 +17,11 @@ def require(path: Path) -> Path:
     return Path(path)
 
 
+def read_log(path: Path) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (one JSON object per epoch)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
 def previous_rows(result_path: Path, table: str, key: str) -> dict:
     """The rows of an earlier result file's ``table``, by their ``key`` field ({} when there is none yet),
     so that a run of a subset merges into it."""

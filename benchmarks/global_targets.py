@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, previous_rows, require  # noqa: E402
+from _common import RESULTS, SHARED_MANIFEST, previous_rows, read_log, require  # noqa: E402
 
 from asit_embed import model  # noqa: E402
 from asit_embed.pretrain import PretrainConfig, pretrain  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> int:
         cfg = PretrainConfig(data=str(data), out_dir=str(run), encoder=model.asit_tiny().to_dict(),
                              epochs=args.epochs, warmup_epochs=1, seed=args.seed, **VARIANTS[name])
         pretrain(cfg, resume=True)
-        recs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][:args.epochs]
+        recs = read_log(run / "log.jsonl")[:args.epochs]
         rows[name] = {"variant": name, "overrides": VARIANTS[name], "epochs": args.epochs,
                       "target_entropy": [r["global_target_entropy"] for r in recs],
                       "batch_entropy": [r["global_batch_entropy"] for r in recs],

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, previous_rows, require  # noqa: E402
+from _common import RESULTS, SHARED_MANIFEST, previous_rows, read_log, require  # noqa: E402
 
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
 from asit_embed.cli import main as cli  # noqa: E402
@@ -66,7 +66,7 @@ def run_arm(name, spec, args, manifest) -> dict:
          "--eval-every", "2", "--seed", str(args.seed), "--resume", *init]
         + ([] if init else ["--preset", "tiny"]))
     best = load_checkpoint(root / "finetune" / "best.pt").metadata["dev"]
-    log = [json.loads(line) for line in (root / "finetune" / "log.jsonl").read_text().splitlines()]
+    log = read_log(root / "finetune" / "log.jsonl")
     result = {"arm": name, "dev_eer": best["dev_eer"], "dev_min_dcf": best["dev_min_dcf"], "dev_top1": best["dev_top1"],
               "best_epoch": best["epoch"], "pretrain_epochs": 0 if spec is None else spec[0],
               "finetune_epochs": args.finetune_epochs, "pretrain_minutes": round(pre_seconds / 60, 1),
@@ -91,7 +91,7 @@ def main() -> int:
         r = rows[name] = run_arm(name, ARMS[name], args, manifest)
         log = args.out / name / "pretrain" / "log.jsonl"
         if log.is_file():  # the pretraining curves, per epoch, for reading the result
-            recs = [json.loads(line) for line in log.read_text().splitlines()]
+            recs = read_log(log)
             r["pretrain_loss_curves"] = {k: [round(x[k], 4) for x in recs] for k in CURVES if k in recs[0]}
     rows = [rows[name] for name in ARMS if name in rows]
     print(f"{'arm':<30} {'pretrain':>9} {'finetune':>9} {'top-1':>7} {'EER':>7} {'minDCF':>7}")

@@ -29,14 +29,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
+from _common import RESULTS, SHARED_MANIFEST, read_log, require  # noqa: E402
 from ssl_ablation import ARMS, pretrain_arm  # noqa: E402
 
-from asit_embed import load_encoder  # noqa: E402
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
 from asit_embed.cli import main as cli  # noqa: E402
-from asit_embed.data import load_items  # noqa: E402
-from asit_embed.metrics import evaluate_embeddings  # noqa: E402
 
 ARM = "d15_gmml_local_global_koleo"
 SCRATCH_REV = "6d6bec7423248455d38c36c082c4ab4bf05e57ea"  # the last from-scratch bundled default was committed here
@@ -55,12 +52,12 @@ def scratch_checkpoint(workdir: Path) -> Path:
     return out
 
 
-def score(checkpoint: Path, items) -> dict:
-    """The unseen-speaker protocol of ``asit-embed evaluate`` (float32)."""
-    encoder = load_encoder(checkpoint)
-    res = evaluate_embeddings(encoder.embed_files([it.path for it in items]), [it.speaker for it in items],
-                              [it.path for it in items])
-    return res.summary()
+def score(checkpoint: Path, manifest: Path, workdir: Path) -> dict:
+    """``asit-embed evaluate`` of ``checkpoint`` on the dev speakers (float32): its JSON summary."""
+    out = workdir / f"{checkpoint.stem}_dev.json"
+    cli(["evaluate", "--data", str(manifest), "--role", "dev", "--checkpoint", str(checkpoint), "--out", str(out)])
+    summary = json.loads(out.read_text())
+    return {k: v for k, v in summary.items() if k not in ("checkpoint", "data")}  # the settings name both
 
 
 def main() -> int:
@@ -77,18 +74,17 @@ def main() -> int:
 
     t0 = time.monotonic()
     encoder_pt = pretrain_arm(ARMS[ARM], args.pretrained_dir, args.seed, manifest)
-    pre_log = [json.loads(line) for line in (args.pretrained_dir / "pretrain" / "log.jsonl").read_text().splitlines()]
+    pre_log = read_log(args.pretrained_dir / "pretrain" / "log.jsonl")
     cli(["train", "--data", str(manifest), "--out", str(args.out), "--init", str(encoder_pt), "--max-freq-hz", "3800",
          "--epochs", "90", "--batch-size", "32", "--lr", "1e-3", "--eval-every", "3",
          "--max-minutes", str(args.minutes), "--seed", str(args.seed), "--resume"])
-    log = [json.loads(line) for line in (args.out / "log.jsonl").read_text().splitlines()]
+    log = read_log(args.out / "log.jsonl")
     best = load_checkpoint(args.out / "best.pt").metadata["dev"]
 
-    dev = load_items(manifest, role="dev")
     with tempfile.TemporaryDirectory() as tmp:
         baseline = args.baseline or scratch_checkpoint(Path(tmp))
-        scratch = score(baseline, dev)
-        pretrained = score(args.out / "best.pt", dev)
+        scratch = score(baseline, manifest, Path(tmp))
+        pretrained = score(args.out / "best.pt", manifest, Path(tmp))
     result = {
         "settings": {"manifest": str(manifest), "minutes": args.minutes, "seed": args.seed, "arm": ARM,
                      "baseline": str(args.baseline or f"git {SCRATCH_REV}:asit_embed/pretrained/default.pt")},

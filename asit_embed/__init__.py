@@ -4,25 +4,20 @@
 >>> encoder = asit_embed.load_encoder()          # the bundled checkpoint
 >>> encoder.dim
 192
+
+Trainer-side names stay importable from their modules (:mod:`asit_embed.config`, :mod:`asit_embed.model`,
+:mod:`asit_embed.checkpoint`, :mod:`asit_embed.training`).
 """
 
-from asit_embed.audio import AudioError, load_audio
-from asit_embed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from asit_embed.encoder import SpeakerEncoder, load_encoder, similarity
-from asit_embed.model import ASiTEncoder, EncoderConfig, asit_small, asit_tiny
+from importlib.metadata import PackageNotFoundError, version
 
-__all__ = [
-    "ASiTEncoder",
-    "AudioError",
-    "CheckpointError",
-    "EncoderConfig",
-    "SpeakerEncoder",
-    "asit_small",
-    "asit_tiny",
-    "load_audio",
-    "load_checkpoint",
-    "load_encoder",
-    "save_checkpoint",
-    "similarity",
-]
-__version__ = "0.1.0"
+from asit_embed.audio import AudioError, load_audio
+from asit_embed.checkpoint import CheckpointError
+from asit_embed.encoder import SpeakerEncoder, load_encoder, similarity
+
+__all__ = ["AudioError", "CheckpointError", "SpeakerEncoder", "load_audio", "load_encoder", "similarity"]
+
+try:
+    __version__ = version("asit-embed")  # single source: setup.cfg
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

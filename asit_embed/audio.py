@@ -15,6 +15,9 @@ import torchaudio.functional as AF
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_RATE = 16000
+# File suffixes read as audio (by soundfile / libsndfile): folder scans and upload checks use this one set.
+AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
+                            ".aifc", ".au", ".caf", ".w64", ".rf64"})
 SILENCE_PEAK = 1e-4  # peak below -80 dBFS: digital silence, nothing to embed
 _PCM_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 

@@ -80,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{str(path)!r} has checkpoint version {payload.get('version')}; expected {VERSION}")
     try:
-        config = EncoderConfig(**payload["config"])
+        config = EncoderConfig.from_dict(payload["config"])
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{str(path)!r} has an invalid encoder config: {err}") from err
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}

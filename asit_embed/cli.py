@@ -10,6 +10,41 @@ import sys
 from pathlib import Path
 
 PRESETS = ("tiny", "small")
+COMMANDS = ("embed", "export", "train", "pretrain", "evaluate")
+
+PRETRAIN_HELP = {
+    "role": "manifest role to use",
+    "w_global": "global (CLS) distillation weight; 0 switches it off",
+    "w_local": "local (token) distillation weight; 0 switches it off",
+    "w_recon": "GMML reconstruction weight; 0 switches it off",
+    "ema_start": "teacher EMA momentum at the start (cosine schedule to 1)",
+    "teacher_temp": "teacher temperature at the start",
+    "teacher_temp_end": "teacher temperature after its linear warm-up (teacher_temp_epochs)",
+    "w_koleo": "KoLeo weight: spreads the student's global bottleneck so the targets cannot go uniform",
+    "view_shift": "max seconds between the starts of a clip's two crops (default: independent crops)",
+    "max_minutes": "wall-clock budget, counting earlier runs of a resumed one",
+    "progress": "progress bar per epoch",
+}
+
+TRAIN_HELP = {
+    "train_role": "manifest role to train on",
+    "dev_role": "manifest role to evaluate on ('none': skip)",
+    "balance_corpora": "with several datasets, give each corpus a share of the crops proportional to its speakers",
+    "epoch_clips": "crops per epoch (default: one per training clip)",
+    "speed_speakers": "speed factors whose copies count as new speakers (e.g. 0.9 1.1; none by default)",
+    "epochs": "length of the learning-rate schedule",
+    "layer_decay": "< 1 lowers the lr of earlier blocks (fine-tuning from --init)",
+    "margin_start": "epochs with margin 0 before the ramp",
+    "margin_ramp": "epochs to raise the margin to its final value",
+    "eval_every": "evaluate on dev every this many epochs",
+    "n_enroll": "enrollment clips per dev speaker",
+    "max_minutes": "stop before an epoch that would overrun this budget (counting earlier runs of a resumed one)",
+    "init": "start from this encoder checkpoint (e.g. from pretraining)",
+    "head_warmup_epochs": "first epochs train only the new heads, the network frozen (fine-tuning from --init)",
+    "w_teacher": "weight of the distillation from the Resemblyzer teacher (needs asit-embed[train]); 0: off",
+    "teacher_cache": ".npz of the teacher's embeddings of the training clips (default: OUT/teacher.npz)",
+    "progress": "progress bar per epoch",
+}
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -24,13 +59,41 @@ def _role(text: str) -> str | None:
     return None if text.lower() in ("", "none", "all") else text
 
 
+_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls, helps: dict[str, str], *, skip=()) -> None:
+    """One option per field of dataclass ``cls`` (``--field-name``), its default taken from the dataclass so
+    each default is written once. Booleans get ``--x/--no-x``; ``tuple[float, ...]`` fields take several values."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = helps.get(f.name, f.name.replace("_", " "))
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif f.type.startswith("tuple[float"):
+            parser.add_argument(flag, dest=f.name, type=float, nargs="*", default=default, help=text)
+        elif f.name == "role" or f.name.endswith("_role"):
+            parser.add_argument(flag, dest=f.name, type=_role, default=default, help=text + " ('all': every row)")
+        else:
+            parser.add_argument(flag, dest=f.name, type=_TYPES[f.type], default=default, help=text)
+
+
+def config_from_args(cls, args: argparse.Namespace, **fixed):
+    """An instance of dataclass ``cls`` from the options :func:`add_config_options` added, plus ``fixed``."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **fixed})
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from asit_embed import load_encoder
 
     encoder = load_encoder(args.checkpoint, backend=args.backend, precision=args.precision)
-    emb = encoder.embed_files(args.clips, batch_size=args.batch_size, progress=args.progress)
+    emb = encoder.embed_batch(args.clips, batch_size=args.batch_size, progress=args.progress)
     if args.out:
         np.save(args.out, emb)
         print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {args.out}")
@@ -42,23 +105,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from asit_embed import model
-    from asit_embed.augment import AugmentConfig
-    from asit_embed.train import TrainConfig, train
+    from asit_embed.training.augment import AugmentConfig
+    from asit_embed.training.train import TrainConfig, train
 
     overrides = {k: v for k, v in dict(patch_size=args.patch, patch_stride=args.stride or args.patch,
                                        crop_frames=args.crop_frames, depth=args.depth,
                                        drop_path=args.drop_path, max_freq_hz=args.max_freq_hz).items()
                  if v is not None}
     enc = getattr(model, f"asit_{args.preset}")(**overrides).to_dict() if not args.init else overrides
-    aug = AugmentConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AugmentConfig)
-                           if getattr(args, f.name, None) is not None})
-    cfg = TrainConfig(data=args.data, out_dir=args.out, train_role=args.train_role, dev_data=args.dev_data,
-                      dev_role=args.dev_role, encoder=enc, augment=aug, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
-                      layer_decay=args.layer_decay, margin=args.margin, scale=args.scale,
-                      margin_start=args.margin_start, margin_ramp=args.margin_ramp,
-                      eval_every=args.eval_every, seed=args.seed, max_minutes=args.max_minutes, init=args.init,
-                      progress=args.progress)
+    cfg = config_from_args(TrainConfig, args, data=tuple(args.data), out_dir=args.out, encoder=enc,
+                           dev_data=tuple(args.dev_data) if args.dev_data else None,
+                           augment=config_from_args(AugmentConfig, args))
     record = train(cfg, resume=args.resume)
     print(json.dumps(record))
     return 0
@@ -66,18 +123,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from asit_embed import model
-    from asit_embed.pretrain import PretrainConfig, plot_log, pretrain
+    from asit_embed.training.pretrain import PretrainConfig, plot_log, pretrain
 
     overrides = {k: v for k, v in dict(patch_size=args.patch, patch_stride=args.stride or args.patch,
                                        crop_frames=args.crop_frames, depth=args.depth).items() if v is not None}
-    cfg = PretrainConfig(data=args.data, out_dir=args.out, role=args.role,
-                         encoder=getattr(model, f"asit_{args.preset}")(**overrides).to_dict(), epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
-                         w_global=args.w_global, w_local=args.w_local, w_recon=args.w_recon,
-                         ema_start=args.ema_start, teacher_temp=args.teacher_temp,
-                         teacher_temp_end=args.teacher_temp_end, w_koleo=args.w_koleo,
-                         view_shift=args.view_shift, seed=args.seed,
-                         max_minutes=args.max_minutes, progress=args.progress)
+    cfg = config_from_args(PretrainConfig, args, data=tuple(args.data), out_dir=args.out,
+                           encoder=getattr(model, f"asit_{args.preset}")(**overrides).to_dict())
     record = pretrain(cfg, resume=args.resume)
     plot_log(Path(args.out) / "log.jsonl", Path(args.out) / "losses.png")
     print(json.dumps(record))
@@ -86,15 +137,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from asit_embed import load_encoder
-    from asit_embed.data import load_items
-    from asit_embed.metrics import evaluate_embeddings, plot_evaluation
+    from asit_embed.training.data import load_sources
+    from asit_embed.training.metrics import PROTOCOLS, evaluate_embeddings, plot_evaluation
 
     encoder = load_encoder(args.checkpoint, precision=args.precision)
-    items = load_items(args.data, role=args.role)
-    emb = encoder.embed_files([it.path for it in items], progress=args.progress)
-    res = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items], n_enroll=args.n_enroll)
-    summary = {"checkpoint": str(args.checkpoint or "default"), "data": str(args.data), "role": args.role,
-               "precision": encoder.precision, **res.summary()}
+    items = load_sources(args.data, role=args.role)
+    protocol = {**PROTOCOLS[args.protocol], **{k: getattr(args, k) for k in ("n_enroll", "max_probes", "min_clips")
+                                                if getattr(args, k) is not None}}
+    emb = encoder.embed_batch([it.path for it in items], progress=args.progress)
+    res = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items], open_set=True,
+                              **protocol)
+    summary = {"checkpoint": str(args.checkpoint or "default"), "data": [str(d) for d in args.data],
+               "role": args.role, "protocol": {"name": args.protocol, **protocol}, "precision": encoder.precision,
+               **res.summary()}
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +170,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the training commands' options (generated from their config dataclasses, which live in
+    :mod:`asit_embed.training`) are added only when ``command`` is one of them or ``None``, so that other
+    commands never import the training code."""
+    training = command in (None, "train", "pretrain")
     p = argparse.ArgumentParser(prog="asit-embed", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
@@ -128,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--progress", action="store_true")
     e.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="what runs the network (onnx: ONNX Runtime, needs asit-embed[onnx])")
-    e.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="bfloat16: about 2x faster on CPUs with native bf16, cosine >= 0.9999 to float32")
+    e.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto: bfloat16 where the CPU/GPU runs it natively (about 2x faster, cosine >= 0.9999 to float32), else float32")
     e.set_defaults(func=cmd_embed)
 
     x = sub.add_parser("export", help="export the encoder network to ONNX")
@@ -138,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("train", help="train an encoder with AAM-softmax (resumable; works under torchrun)")
-    t.add_argument("--data", required=True, help="manifest .csv, folder per speaker, or .zip/.tar.gz of either")
+    t.add_argument("--data", required=True, nargs="+",
+                   help="manifest .csv, folder per speaker, or .zip/.tar.gz of either; several train together "
+                        "(speaker ids become <corpus>/<speaker>)")
     t.add_argument("--out", default="runs/train", help="run folder (config, log.jsonl, last.pt, best.pt)")
-    t.add_argument("--train-role", type=_role, default="train", help="manifest role to train on ('all': every row)")
-    t.add_argument("--dev-data", help="dev set (default: --data)")
-    t.add_argument("--dev-role", type=_role, default="dev", help="manifest role to evaluate on ('none': skip)")
+    t.add_argument("--dev-data", nargs="+", help="dev set(s) (default: --data)")
     t.add_argument("--preset", choices=PRESETS, default="tiny")
     t.add_argument("--patch", type=_pair, help="patch size MELSxFRAMES (default 128x2)")
     t.add_argument("--stride", type=_pair, help="patch stride MELSxFRAMES (default: the patch size)")
@@ -151,66 +210,43 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--drop-path", type=float)
     t.add_argument("--max-freq-hz", type=float,
                    help="zero mel bins above this frequency (3800: 8 kHz and wideband audio embed alike)")
-    t.add_argument("--init", help="start from this encoder checkpoint (e.g. from pretraining)")
-    t.add_argument("--layer-decay", type=float, default=1.0)
-    t.add_argument("--epochs", type=int, default=80)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--warmup-epochs", type=int, default=3)
-    t.add_argument("--margin", type=float, default=0.2)
-    t.add_argument("--scale", type=float, default=30.0)
-    t.add_argument("--margin-start", type=int, default=2, help="epochs with margin 0 before the ramp")
-    t.add_argument("--margin-ramp", type=int, default=10, help="epochs to raise the margin to its final value")
-    t.add_argument("--eval-every", type=int, default=1)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-minutes", type=float,
-                   help="stop before an epoch that would overrun this budget (counting earlier runs of a resumed one)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    t.add_argument("--progress", action="store_true")
-    from asit_embed.augment import AugmentConfig
+    if training:
+        from asit_embed.training.augment import AugmentConfig
+        from asit_embed.training.train import TrainConfig
 
-    for f in dataclasses.fields(AugmentConfig):
-        t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), dest=f.name,
-                       help=f"augmentation setting (default {f.default}; a p-* of 0 switches it off)")
+        add_config_options(t, TrainConfig, TRAIN_HELP, skip=("data", "out_dir", "dev_data", "encoder", "augment"))
+        add_config_options(t, AugmentConfig, {f.name: "augmentation setting (a p-* of 0 switches it off)"
+                                              for f in dataclasses.fields(AugmentConfig)})
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("pretrain", help="ASiT self-supervised pretraining (GMML + local-global distillation)")
-    r.add_argument("--data", required=True, help="manifest .csv, folder, or archive (labels are ignored)")
-    r.add_argument("--role", type=_role, default="train", help="manifest role to use ('all': every row)")
+    r.add_argument("--data", required=True, nargs="+",
+                   help="manifest .csv, folder, or archive; several pretrain together (labels are ignored)")
     r.add_argument("--out", default="runs/pretrain", help="run folder (log.jsonl, losses.png, last.pt, encoder.pt)")
     r.add_argument("--preset", choices=PRESETS, default="tiny")
     r.add_argument("--patch", type=_pair)
     r.add_argument("--stride", type=_pair)
     r.add_argument("--crop-frames", type=int)
     r.add_argument("--depth", type=int)
-    r.add_argument("--epochs", type=int, default=100)
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--lr", type=float, default=5e-4)
-    r.add_argument("--warmup-epochs", type=int, default=10)
-    r.add_argument("--w-global", type=float, default=1.0, help="global (CLS) distillation weight; 0 switches it off")
-    r.add_argument("--w-local", type=float, default=1.0, help="local (token) distillation weight; 0 switches it off")
-    r.add_argument("--w-recon", type=float, default=2.0, help="GMML reconstruction weight; 0 switches it off")
-    r.add_argument("--ema-start", type=float, default=0.996,
-                   help="teacher EMA momentum at the start (cosine schedule to 1)")
-    r.add_argument("--teacher-temp", type=float, default=0.04, help="teacher temperature at the start")
-    r.add_argument("--teacher-temp-end", type=float, default=0.07,
-                   help="teacher temperature after its linear warm-up (30 epochs)")
-    r.add_argument("--w-koleo", type=float, default=0.0,
-                   help="KoLeo weight: spreads the student's global bottleneck so the targets cannot go uniform")
-    r.add_argument("--view-shift", type=float,
-                   help="max seconds between the starts of a clip's two crops (default: independent crops)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--max-minutes", type=float, help="wall-clock budget, counting earlier runs of a resumed one")
-    r.add_argument("--resume", action="store_true")
-    r.add_argument("--progress", action="store_true")
+    r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    if training:
+        from asit_embed.training.pretrain import PretrainConfig
+
+        add_config_options(r, PretrainConfig, PRETRAIN_HELP, skip=("data", "out_dir", "encoder", "mask_ratio"))
     r.set_defaults(func=cmd_pretrain)
 
-    v = sub.add_parser("evaluate", help="unseen-speaker protocol: top-1, EER, minDCF")
-    v.add_argument("--data", required=True)
+    v = sub.add_parser("evaluate", help="unseen-speaker protocol: top-1, EER, minDCF, open-set EER, TPIR at FPIR 1 %%")
+    v.add_argument("--data", required=True, nargs="+", help="dev set(s): several are pooled, speakers kept apart")
     v.add_argument("--role", type=_role, default="dev")
     v.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
-    v.add_argument("--n-enroll", type=int, default=5)
-    v.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    v.add_argument("--protocol", choices=("speechocean762", "words"), default="speechocean762",
+                   help="speechocean762: 5 enrollment clips, the rest probes; words (one-second word corpora): "
+                        "speakers with >= 8 clips, 3 enroll, up to 20 probes")
+    v.add_argument("--n-enroll", type=int, help="override the protocol's enrollment clips per speaker")
+    v.add_argument("--max-probes", type=int, help="override the protocol's probes per speaker")
+    v.add_argument("--min-clips", type=int, help="override the protocol's fewest clips for a speaker to count")
+    v.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
     v.add_argument("--out", help="write the JSON summary here")
     v.add_argument("--plot", help="write score histograms + DET curve to this PNG")
     v.add_argument("--progress", action="store_true")
@@ -219,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in COMMANDS), "")
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     from asit_embed.audio import AudioError

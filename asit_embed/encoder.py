@@ -29,7 +29,8 @@ def default_checkpoint_path() -> Path:
 
 
 BACKENDS = ("torch", "onnx")
-PRECISIONS = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # alias -> name
+PRECISIONS = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+              "bf16": "bfloat16"}  # alias -> name
 
 
 def _cpu_has_bf16() -> bool:
@@ -38,7 +39,7 @@ def _cpu_has_bf16() -> bool:
 
 
 def load_encoder(path: str | os.PathLike | None = None, *, device: str = "cpu", backend: str = "torch",
-                 precision: str = "float32") -> SpeakerEncoder:
+                 precision: str = "auto") -> SpeakerEncoder:
     """Load a speaker encoder from a checkpoint; ``None`` loads the bundled default.
 
     Args:
@@ -46,11 +47,13 @@ def load_encoder(path: str | os.PathLike | None = None, *, device: str = "cpu", 
             Runtime on CPU: the graph is exported once per checkpoint into ``~/.cache/asit-embed``;
             needs ``pip install 'asit-embed[onnx]'``). Both give the same embeddings (cosine >= 0.9999).
             When onnxruntime is missing, ``"onnx"`` falls back to ``"torch"`` with a warning.
-        precision: ``"float32"`` (the reference) or ``"bfloat16"`` (``"bf16"``): the torch backend runs
-            the network's matrix products in bfloat16 (``torch.autocast``), about twice as fast on CPUs with
+        precision: ``"auto"`` (the default: bfloat16 where the hardware runs it natively, else float32),
+            ``"float32"`` (the reference) or ``"bfloat16"`` (``"bf16"``): the torch backend runs the
+            network's matrix products in bfloat16 (``torch.autocast``), about twice as fast on CPUs with
             native bf16 (AVX512-BF16 / AMX) and on GPUs; embeddings match float32 to cosine >= 0.9999, so
-            registries built either way are interchangeable. Where the CPU lacks native bf16 it falls back to
-            float32 with a warning (emulated bf16 would be slower).
+            registries built either way are interchangeable. An explicit ``"bfloat16"`` where the CPU lacks
+            native bf16 falls back to float32 with a warning (emulated bf16 would be slower).
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``, ...: where the torch backend runs.
 
     >>> encoder = load_encoder()
     >>> encoder.dim, encoder.backend
@@ -69,7 +72,7 @@ class SpeakerEncoder:
     """
 
     def __init__(self, checkpoint: Checkpoint, *, device: str = "cpu", backend: str = "torch",
-                 precision: str = "float32"):
+                 precision: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
@@ -99,9 +102,12 @@ class SpeakerEncoder:
         return "torch", self.model
 
     def _select_precision(self, precision: str) -> str:
+        native = self.device.type != "cpu" or _cpu_has_bf16()
+        if precision == "auto":
+            return "bfloat16" if self.backend == "torch" and native else "float32"
         if precision == "float32":
             return "float32"
-        if self.device.type == "cpu" and not _cpu_has_bf16():
+        if not native:
             warnings.warn("this CPU has no native bfloat16 support; using float32", stacklevel=4)
             return "float32"
         return "bfloat16"
@@ -125,60 +131,82 @@ class SpeakerEncoder:
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
-    def load(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:
-        """Decode and validate a path / bytes / file object, or validate an array (needs ``sample_rate``).
-
-        Returns ``(samples,)`` float32 mono at the model's rate; raises :class:`~asit_embed.AudioError`.
+    def prepare(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:
+        """Decode and validate one clip into what the network embeds: ``(samples,)`` float32 mono at the
+        model's rate. ``clip``: a path, encoded bytes, a binary file object, or a waveform array with its
+        ``sample_rate`` (any rate, mono or ``(channels, samples)``). Raises :class:`~asit_embed.AudioError`.
         """
         if isinstance(clip, (np.ndarray, torch.Tensor)):
             if sample_rate is None:
-                raise TypeError("a waveform array needs its sample_rate")
+                raise TypeError("a waveform array needs its sample_rate, e.g. encoder.embed(wave, sample_rate=16000)")
             return prepare_waveform(clip, sample_rate, target_rate=self.sample_rate,
                                     min_seconds=self.config.min_seconds)
+        if sample_rate is not None:
+            raise TypeError("sample_rate applies to waveform arrays only; an encoded file carries its own rate")
         return load_audio(clip, sample_rate=self.sample_rate, min_seconds=self.config.min_seconds)
 
-    def embed(self, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
-        """Embedding of one waveform (any rate, mono or multichannel): ``(dim,)`` float32, unit norm.
+    def embed(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:
+        """Embedding of one clip: ``(dim,)`` float32, unit norm.
+
+        ``clip``: a path, encoded bytes, a binary file object, or a waveform array (any rate, mono or
+        multichannel, float or integer PCM) with its ``sample_rate``; arrays are resampled to the model's rate.
 
         >>> encoder = load_encoder()
         >>> t = np.arange(16000) / 16000
-        >>> e = encoder.embed(0.1 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t), 16000)
+        >>> e = encoder.embed(0.1 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t), sample_rate=16000)
         >>> e.shape, e.dtype, round(float(np.linalg.norm(e)), 4)
         ((192,), dtype('float32'), 1.0)
         """
-        return self.embed_waveforms([self.load(waveform, sample_rate)])[0]
+        return self._embed_prepared([self.prepare(clip, sample_rate)])[0]
 
-    def embed_clip(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:
-        """Embedding of a path, encoded bytes, a file object, or a waveform array (with ``sample_rate``)."""
-        return self.embed_waveforms([self.load(clip, sample_rate)])[0]
-
-    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
-        """Embedding of one audio file: ``(dim,)`` float32, unit norm."""
-        return self.embed_clip(path)
-
-    def embed_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 16,
+    def embed_batch(self, clips: Iterable[Clip], *, sample_rate: int | None = None, batch_size: int = 16,
                     progress: bool = False) -> np.ndarray:
-        """Embeddings of many files: ``(n, dim)`` float32, each row unit norm, in the order given.
+        """Embeddings of many clips: ``(n, dim)`` float32, each row unit norm, in the order given.
 
-        Files are decoded ``batch_size`` at a time, so memory stays bounded for long lists.
+        ``clips``: any iterable of what :meth:`embed` takes (``sample_rate`` applies to every array among
+        them). Clips are decoded ``batch_size`` at a time, so memory stays bounded for long lists; the
+        vectors equal those of one clip at a time. ``progress``: a progress bar counting clips.
         """
-        out = np.empty((len(paths), self.dim), dtype=np.float32)
-        starts = range(0, len(paths), batch_size)
+        clips = list(clips)
+        out = np.empty((len(clips), self.dim), dtype=np.float32)
+        bar = None
         if progress:
             from tqdm import tqdm
 
-            starts = tqdm(starts, desc="embedding", unit="batch")
-        for i in starts:
-            chunk = paths[i:i + batch_size]
-            out[i:i + len(chunk)] = self.embed_waveforms([self.load(p) for p in chunk], batch_size=batch_size)
+            bar = tqdm(total=len(clips), desc="embedding", unit="clip")
+        for i in range(0, len(clips), batch_size):
+            chunk = clips[i:i + batch_size]
+            out[i:i + len(chunk)] = self._embed_prepared([self.prepare(c, _rate_for(c, sample_rate)) for c in chunk],
+                                                         batch_size=batch_size)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         return out
 
+    # Deprecated names (one release): embed() and embed_batch() take every kind of clip.
+    def embed_clip(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:
+        """Deprecated: use :meth:`embed`."""
+        _deprecated("embed_clip", "embed")
+        return self.embed(clip, sample_rate)
+
+    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
+        """Deprecated: use :meth:`embed`."""
+        _deprecated("embed_file", "embed")
+        return self.embed(path)
+
+    def embed_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 16,
+                    progress: bool = False) -> np.ndarray:
+        """Deprecated: use :meth:`embed_batch`."""
+        _deprecated("embed_files", "embed_batch")
+        return self.embed_batch(paths, batch_size=batch_size, progress=progress)
+
     @torch.inference_mode()
-    def embed_waveforms(self, waveforms: Iterable[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
-        """Embeddings of validated mono waveforms at the model's rate: ``(n, dim)`` float32, unit norm."""
+    def _embed_prepared(self, waveforms: Iterable[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
+        """Embeddings of waveforms already through :meth:`prepare`: ``(n, dim)`` float32, unit norm."""
         windows, owner = [], []
         for i, wave in enumerate(waveforms):
-            feats = features(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), self.config)
+            feats = features(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), self.config.front_end)
             for start, stop in self._windows(feats.shape[0]):
                 windows.append(feats[start:stop])
                 owner.append(i)
@@ -207,6 +235,15 @@ class SpeakerEncoder:
         if starts[-1] + c.window_frames < frames:
             starts.append(frames - c.window_frames)
         return [(s, s + c.window_frames) for s in starts]
+
+
+def _rate_for(clip: Clip, sample_rate: int | None) -> int | None:
+    return sample_rate if isinstance(clip, (np.ndarray, torch.Tensor)) else None
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"SpeakerEncoder.{old}() is deprecated and will be removed in the next release; use {new}()",
+                  DeprecationWarning, stacklevel=3)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,22 +1,20 @@
 """Kaldi-compatible log-mel filterbank features and their normalisation.
 
-Every setting comes from the model's :class:`~asit_embed.model.EncoderConfig`, so an encoder always sees the
+Every setting comes from the encoder's :class:`~asit_embed.config.FrontEndConfig`, so an encoder always sees the
 front-end it was trained with.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torchaudio.compliance import kaldi
 
-if TYPE_CHECKING:
-    from asit_embed.model import EncoderConfig
+from asit_embed.config import FrontEndConfig
 
 
-def fbank(waveform: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
+def fbank(waveform: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
     """Log-mel filterbank of one mono waveform, without normalisation.
 
     Args:
@@ -26,8 +24,7 @@ def fbank(waveform: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
     Returns:
         ``(frames, n_mels)`` float32 log-mel energies (Kaldi ``fbank``, Hanning window, no dither).
 
-    >>> from asit_embed.model import EncoderConfig
-    >>> fbank(torch.zeros(16000) + 0.01 * torch.randn(16000), EncoderConfig()).shape
+    >>> fbank(torch.zeros(16000) + 0.01 * torch.randn(16000), FrontEndConfig()).shape
     torch.Size([98, 128])
     """
     return kaldi.fbank(
@@ -41,7 +38,7 @@ def fbank(waveform: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
     )
 
 
-def normalize(features: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
+def normalize(features: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
     """Apply the model's feature normalisation.
 
     Per-utterance cepstral mean normalisation (when ``config.cmn``) removes the channel; the global
@@ -62,7 +59,7 @@ def normalize(features: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
     return features
 
 
-def band_mask(config: EncoderConfig) -> torch.Tensor:
+def band_mask(config: FrontEndConfig) -> torch.Tensor:
     """``(n_mels,)`` 1 for mel bins whose triangle lies wholly below ``config.max_freq_hz``, else 0.
 
     Kaldi spaces the bins evenly in mel between 20 Hz and Nyquist; bin ``i`` spans edges ``i`` to ``i + 2``.
@@ -76,7 +73,7 @@ def band_mask(config: EncoderConfig) -> torch.Tensor:
     return torch.tensor([float(u <= config.max_freq_hz) for u in upper_hz])
 
 
-def features(waveform: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
+def features(waveform: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
     """Normalised log-mel features of one waveform: :func:`fbank` then :func:`normalize`.
 
     Args:
@@ -89,14 +86,14 @@ def features(waveform: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
     return normalize(fbank(waveform, config), config)
 
 
-def num_frames(num_samples: int, config: EncoderConfig) -> int:
+def num_frames(num_samples: int, config: FrontEndConfig) -> int:
     """Number of fbank frames Kaldi produces for ``num_samples`` samples (``snip_edges=True``)."""
     window = int(config.sample_rate * config.frame_length_ms / 1000)
     shift = int(config.sample_rate * config.frame_shift_ms / 1000)
     return 0 if num_samples < window else 1 + (num_samples - window) // shift
 
 
-def samples_for_frames(frames: int, config: EncoderConfig) -> int:
+def samples_for_frames(frames: int, config: FrontEndConfig) -> int:
     """Fewest samples that give exactly ``frames`` fbank frames (the inverse of :func:`num_frames`)."""
     window = int(config.sample_rate * config.frame_length_ms / 1000)
     shift = int(config.sample_rate * config.frame_shift_ms / 1000)

@@ -12,85 +12,12 @@ embeddings as one clip at a time.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
 from torch import nn
 
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Every dimension of the encoder, including its audio front-end. Saved inside each checkpoint."""
-
-    # front-end
-    sample_rate: int = 16000
-    n_mels: int = 128
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    cmn: bool = True
-    # > 0: mel bins reaching above this frequency are zeroed after normalisation, so audio recorded at
-    # 8 kHz (telephone band) and wideband audio give the same features; 0 uses the full band
-    max_freq_hz: float = 0.0
-    feat_mean: float = 0.0
-    feat_std: float = 1.0
-    # patches: (mel bins, frames); stride == size means non-overlapping
-    patch_size: tuple[int, int] = (128, 2)
-    patch_stride: tuple[int, int] = (128, 2)
-    # transformer
-    width: int = 192
-    depth: int = 12
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.1
-    # head
-    embedding_dim: int = 192
-    pool_attention_dim: int = 128
-    # lengths in frames: training crop (and the positional table), inference window and hop
-    crop_frames: int = 200
-    window_frames: int = 200
-    hop_frames: int = 100
-    min_seconds: float = 0.5
-
-    def __post_init__(self) -> None:
-        # Checkpoints store tuples as lists; normalise so equality and hashing keep working.
-        object.__setattr__(self, "patch_size", tuple(self.patch_size))
-        object.__setattr__(self, "patch_stride", tuple(self.patch_stride))
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.patch_size[0] > self.n_mels:
-            raise ValueError(f"patch height {self.patch_size[0]} exceeds n_mels {self.n_mels}")
-        if self.crop_frames < self.patch_size[1]:
-            raise ValueError(f"crop_frames {self.crop_frames} is shorter than one patch ({self.patch_size[1]} frames)")
-
-    @property
-    def freq_patches(self) -> int:
-        return (self.n_mels - self.patch_size[0]) // self.patch_stride[0] + 1
-
-    def time_patches(self, frames: int) -> int:
-        """Number of patch columns for ``frames`` spectrogram frames (0 when shorter than one patch)."""
-        if frames < self.patch_size[1]:
-            return 0
-        return (frames - self.patch_size[1]) // self.patch_stride[1] + 1
-
-    @property
-    def min_frames(self) -> int:
-        return self.patch_size[1]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def asit_tiny(**overrides) -> EncoderConfig:
-    """ViT-Tiny (192 wide, 12 blocks, 3 heads, ≈5.6 M parameters) over frame-like 128×2 patches."""
-    return EncoderConfig(**{**dict(width=192, depth=12, num_heads=3), **overrides})
-
-
-def asit_small(**overrides) -> EncoderConfig:
-    """ViT-Small (384 wide, 12 blocks, 6 heads, ≈22 M parameters) over frame-like 128×2 patches."""
-    return EncoderConfig(**{**dict(width=384, depth=12, num_heads=6), **overrides})
+from asit_embed.config import EncoderConfig, asit_small, asit_tiny
 
 
 class PatchEmbed(nn.Module):
@@ -256,9 +183,4 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["EncoderConfig", "ASiTEncoder", "PatchEmbed", "Attention", "Block", "asit_tiny", "asit_small",
-           "count_parameters"]
+__all__ = ["EncoderConfig", "ASiTEncoder", "PatchEmbed", "Attention", "Block", "asit_tiny", "asit_small"]

@@ -1,30 +1,57 @@
-"""Shared helpers for the benchmark scripts (they read the training corpus in ../shared)."""
+"""Shared helpers for the benchmark scripts (they read the corpora in ../shared/data)."""
 
-import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-SHARED_MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762" / "manifest.csv"
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_MANIFEST = DATA / "speechocean762" / "manifest.csv"
+WORD_MANIFESTS = (DATA / "speech-commands-test" / "manifest.csv", DATA / "arabic-speech-commands" / "manifest.csv")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def require(path: Path) -> Path:
-    """Exit with a clear message when the corpus is not beside the checkout."""
-    if not Path(path).is_file():
-        print(f"manifest {path} not found: the benchmarks need the speechocean762 corpus "
-              f"(pass --manifest)", file=sys.stderr)
-        sys.exit(2)
-    return Path(path)
+def require(*paths: Path) -> Path:
+    """Exit with a clear message when a corpus is not beside the checkout; returns the first path."""
+    for path in paths:
+        if not Path(path).is_file():
+            print(f"manifest {path} not found: the benchmarks need the corpora of ../shared/data "
+                  f"(pass --manifest / --words)", file=sys.stderr)
+            sys.exit(2)
+    return Path(paths[0])
 
 
-def read_log(path: Path) -> list[dict]:
-    """The records of a run's ``log.jsonl`` (one JSON object per epoch)."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+def dev_sets(manifest: Path, words: Sequence[Path]) -> dict:
+    """The two dev sets and their protocols: ``{name: (items, protocol name)}``."""
+    from asit_embed.training.data import load_sources
+
+    return {"speechocean762": (load_sources(manifest, role="dev"), "speechocean762"),
+            "words": (load_sources(list(words), role="dev"), "words")}
 
 
-def previous_rows(result_path: Path, table: str, key: str) -> dict:
-    """The rows of an earlier result file's ``table``, by their ``key`` field ({} when there is none yet),
-    so that a run of a subset merges into it."""
-    if not result_path.is_file():
-        return {}
-    return {r[key]: r for r in json.loads(result_path.read_text())[table]}
+def score(embed: Callable[[list[str]], np.ndarray], sets: dict) -> dict:
+    """``embed(paths) -> (n, dim)`` scored on every dev set of :func:`dev_sets` with its protocol: top-1, EER,
+    minDCF, open-set EER, TPIR at FPIR 1 % (``{set name: summary}``)."""
+    from asit_embed.training.metrics import PROTOCOLS, evaluate_embeddings
+
+    out = {}
+    for name, (items, protocol) in sets.items():
+        emb = embed([it.path for it in items])
+        res = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items], open_set=True,
+                                  **PROTOCOLS[protocol])
+        out[name] = res.summary()
+    return out
+
+
+def print_tables(rows: list[dict], sets: dict) -> None:
+    """One table per dev set: a row per system (``rows[i][set name]`` as :func:`score` gives it)."""
+    for name in sets:
+        first = rows[0][name]
+        print(f"\n{name} dev: {first['n_speakers']} unseen speakers, {first['n_enroll']} enrollment clips each, "
+              f"{first['n_probes']} probes")
+        print(f"{'system':<46} {'top-1':>7} {'EER':>7} {'minDCF':>7} {'os-EER':>7} {'TPIR@1%':>8}")
+        for r in rows:
+            m = r[name]
+            print(f"{r['system']:<46} {m['top1']:7.1%} {m['eer']:7.2%} {m['min_dcf']:7.3f} {m['open_set_eer']:7.2%} "
+                  f"{m['tpir_at_fpir']:8.1%}")

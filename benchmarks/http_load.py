@@ -235,7 +235,7 @@ def run(args, port, by_speaker, enrolled_first, probes, enroll_pool) -> int:
     one, ident, enr = result["single_client_identify"], result["identify"], result["enroll"]
     print(f"{args.clients} identify clients + 1 enrolling client for {wall:.1f} s, waitress with "
           f"{args.server_threads} threads, {os.cpu_count()} CPUs\n")
-    print(f"| requests | count | req/s | p50 (ms) | p99 (ms) |\n|---|---|---|---|---|")
+    print("| requests | count | req/s | p50 (ms) | p99 (ms) |\n|---|---|---|---|---|")
     print(f"| identify, 1 client alone | {one['requests']} | {one['per_second']} | {one['p50_ms']} | {one['p99_ms']} |")
     print(f"| identify under load | {ident.get('requests', 0)} | {ident.get('per_second', 0)} | "
           f"{ident.get('p50_ms', '–')} | {ident.get('p99_ms', '–')} |")

@@ -12,16 +12,19 @@ case for any partitioning index.
 For each size, in a temporary registry directory (deleted afterwards), through ``SpeakerRegistry``:
 enroll throughput (``enroll_many`` in chunks, index upkeep included), open time of the persisted registry
 with a valid saved index, RSS growth of that open and the index file size, single-query ``identify``
-latency p50/p99 (one query at a time) and the raw FAISS candidate search inside it, the exact FAISS flat
-search over the same templates as the peer, ``identify_batch`` queries/s, recall@1 of ``identify``
-against exact brute force (numpy over the store's templates), for IVF an ``nprobe`` sweep, and removal:
-the own speakers of some queries are removed, and must then never be returned, also after a reopen.
+latency p50/p99 (``identify_embeddings``, one query at a time) and the raw FAISS candidate search inside
+it (the saved index file, loaded as the registry loads it), the exact FAISS flat search over the same
+templates as the peer, queries/s of all queries in one ``identify_embeddings`` call, recall@1 against
+exact brute force (numpy over the registry's ``templates()``), for IVF an ``nprobe`` sweep (the registry
+reopened with each ``IndexConfig(nprobe=...)``), and removal: the own speakers of some queries are
+removed, and must then never be returned, also after a reopen.
 
 Each size's result is written to ``benchmarks/results/registry.json`` as soon as it is done; a later run
 skips sizes already there unless ``--force``.
 """
 
 import argparse
+import dataclasses
 import gc
 import json
 import shutil
@@ -38,6 +41,7 @@ from _common import RESULTS  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
 from enroll import IndexConfig, SpeakerRegistry  # noqa: E402
+from enroll.index import TemplateIndex  # noqa: E402
 
 TARGET_P50_MS = 1.0
 TARGET_RECALL = 0.99
@@ -105,18 +109,30 @@ def one_at_a_time(fn, queries: np.ndarray, warmup: int = 20) -> list[float]:
     return out
 
 
-def exact_top1(store, queries: np.ndarray) -> tuple[np.ndarray, dict, tuple[np.ndarray, np.ndarray]]:
-    """Brute-force top-1 speaker id of each query over every template in the store, id → name, and the
-    store's ``(ids, templates)``."""
-    ids, templates = store.templates()
-    best, best_id = np.full(len(queries), -np.inf, np.float32), np.zeros(len(queries), np.int64)
-    for i in range(0, len(ids), 100_000):
+def exact_top1(reg: SpeakerRegistry, queries: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Brute-force top-1 of each query over every template of ``reg``: the best template's row, and the
+    registry's ``(names, templates)``."""
+    names, templates = reg.templates()
+    best, best_row = np.full(len(queries), -np.inf, np.float32), np.zeros(len(queries), np.int64)
+    for i in range(0, len(names), 100_000):
         s = queries @ templates[i:i + 100_000].T
         j = s.argmax(1)
         better = s[np.arange(len(queries)), j] > best
-        best[better], best_id[better] = s[np.arange(len(queries)), j][better], ids[i + j[better]]
-    names = dict(store.db.execute("SELECT id, name FROM speakers"))
-    return best_id, names, (ids, templates)
+        best[better], best_row[better] = s[np.arange(len(queries)), j][better], i + j[better]
+    return best_row, names, templates
+
+
+def saved_index(path: Path, config: IndexConfig, dim: int) -> TemplateIndex:
+    """The index file a registry at ``path`` opens, loaded the same way: the raw FAISS search it runs."""
+    head = json.loads(path.read_bytes().partition(b"\n")[0])
+    index = TemplateIndex(dim, config)
+    if not index.load(path, fingerprint=head["fingerprint"], store=head["store"]):
+        raise SystemExit(f"cannot load the saved index {path}")
+    return index
+
+
+def top1(reg: SpeakerRegistry, q: np.ndarray) -> str:
+    return reg.identify_embeddings(q, k=5)[0][0].name
 
 
 def run_size(n: int, args, encoder) -> dict:
@@ -131,9 +147,10 @@ def run_size(n: int, args, encoder) -> dict:
         reg = SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config)
         t0 = time.perf_counter()
         for c in range(n // gen.chunk):
-            reg.enroll_many(gen.enrollment(c))
-            print(f"  enrolled {len(reg):>9,d}  {time.perf_counter() - t0:7.1f} s  index {reg.index.kind}",
-                  end="\r", flush=True)
+            reg.enroll_many(gen.enrollment(c), embeddings=True)
+            stats = reg.stats()
+            print(f"  enrolled {stats['speakers']:>9,d}  {time.perf_counter() - t0:7.1f} s  "
+                  f"index {stats['index']['kind']}", end="\r", flush=True)
         enroll_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         reg.close()
@@ -149,33 +166,33 @@ def run_size(n: int, args, encoder) -> dict:
         t0 = time.perf_counter()
         reg = SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config)
         open_s = time.perf_counter() - t0
-        index = reg.index
         out["open_s"] = round(open_s, 3)
         out["memory_mb"] = {"rss_growth_at_open": round(rss_mb() - rss0, 1), "index_file": out["disk_mb"]["index"]}
-        out["index"] = {"kind": index.kind, "ntotal": len(index), "trained_at": index.trained_n}
-        if index.kind == "ivf":
-            ivf = faiss.extract_index_ivf(index.index)
-            out["index"].update(nlist=ivf.nlist, nprobe=ivf.nprobe, rerank=index.config.rerank)
+        info = reg.stats()["index"]
+        out["index"] = {"kind": info["kind"], "ntotal": info["size"], "trained_at": info["trained_at"]}
+        if info["kind"] == "ivf":
+            out["index"].update(nlist=info["nlist"], nprobe=info["nprobe"], rerank=config.rerank)
+        index = saved_index(path / "index.faiss", config, encoder.dim)
         # --- queries -----------------------------------------------------------------------------------------
         who, queries = gen.queries(n, args.queries)
-        truth, names, (ids, templates) = exact_top1(reg.store, queries)
-        single = one_at_a_time(lambda q: reg.identify(q, k=5), queries)
-        top1 = [reg.identify(q, k=5)[0].name for q in queries]
+        truth, names, templates = exact_top1(reg, queries)
+        single = one_at_a_time(lambda q: reg.identify_embeddings(q, k=5), queries)
+        found = [top1(reg, q) for q in queries]
         raw = one_at_a_time(lambda q: index.search(q[None], 5), queries)
         peer = faiss.IndexFlatIP(encoder.dim)
         peer.add(templates)
         faiss.omp_set_num_threads(1)
         exact = one_at_a_time(lambda q: peer.search(q[None], 5), queries[:args.peer_queries], warmup=3)
         faiss.omp_set_num_threads(args.threads)
-        del peer, templates
+        peer = templates = None  # free them before the batch run (1 M templates: 0.8 GB)
         t0 = time.perf_counter()
-        batch = reg.identify_batch(list(queries), k=5)
+        batch = reg.identify_embeddings(queries, k=5)
         batch_s = time.perf_counter() - t0
-        recall = float(np.mean([t == names[i] for t, i in zip(top1, truth)]))
+        recall = float(np.mean([t == names[i] for t, i in zip(found, truth)]))
         out["identify"] = {**percentiles(single), "recall_at_1": round(recall, 4),
                            "batch_recall_at_1": round(float(np.mean([b[0].name == names[i]
                                                                      for b, i in zip(batch, truth)])), 4),
-                           "own_speaker_top1": round(float(np.mean([t == name(w) for t, w in zip(top1, who)])), 4),
+                           "own_speaker_top1": round(float(np.mean([t == name(w) for t, w in zip(found, who)])), 4),
                            "exact_own_speaker_top1": round(float(np.mean([names[i] == name(w)
                                                                           for i, w in zip(truth, who)])), 4),
                            "batch_queries_per_s": round(len(queries) / batch_s, 1)}
@@ -183,19 +200,21 @@ def run_size(n: int, args, encoder) -> dict:
         out["exact_flat_peer"] = {**percentiles(exact), "queries": len(exact)}
         out["speedup_vs_exact_p50"] = round(out["exact_flat_peer"]["p50_ms"] / out["identify"]["p50_ms"], 1)
         if index.kind == "ivf":
-            out["nprobe_sweep"] = nprobe_sweep(reg, queries[:args.sweep_queries], [names[i] for i in truth])
+            out["nprobe_sweep"] = nprobe_sweep(path, encoder, config, index, queries[:args.sweep_queries],
+                                               [names[i] for i in truth])
         # --- removal -----------------------------------------------------------------------------------------
         gone = sorted({names[i] for i in truth[:args.remove]})
         t0 = time.perf_counter()
         for g in gone:
             reg.remove(g)
         remove_s = time.perf_counter() - t0
-        returned = {m.name for row in reg.identify_batch(list(queries), k=5) for m in row} & set(gone)
-        consistent = len(reg.index) == len(reg) == n - len(gone)
+        returned = {m.name for row in reg.identify_embeddings(queries, k=5) for m in row} & set(gone)
+        stats = reg.stats()
+        consistent = stats["index"]["size"] == stats["speakers"] == n - len(gone)
         reg.close()
         with SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config) as reg:
-            returned |= {m.name for row in reg.identify_batch(list(queries), k=5) for m in row} & set(gone)
-            consistent &= len(reg.index) == n - len(gone)
+            returned |= {m.name for row in reg.identify_embeddings(queries, k=5) for m in row} & set(gone)
+            consistent &= reg.stats()["index"]["size"] == n - len(gone)
         out["removal"] = {"removed": len(gone), "ms_per_removal": round(remove_s / len(gone) * 1e3, 3),
                           "removed_returned": len(returned), "index_matches_store": consistent,
                           "works": not returned and consistent}
@@ -204,15 +223,21 @@ def run_size(n: int, args, encoder) -> dict:
     return out
 
 
-def nprobe_sweep(reg, queries: np.ndarray, truth: list[str]) -> list[dict]:
-    ivf = faiss.extract_index_ivf(reg.index.index)
+def nprobe_sweep(path: Path, encoder, config: IndexConfig, index: TemplateIndex, queries: np.ndarray,
+                 truth: list[str]) -> list[dict]:
+    """Latency and recall@1 with the registry at ``path`` reopened with each ``nprobe``; ``index``: the raw
+    index, set to the same ``nprobe``."""
+    ivf = faiss.extract_index_ivf(index.index)
     default = ivf.nprobe
     rows = []
     for nprobe in sorted({p for p in (8, 16, 32, 64, 128, 256, 512, default) if p <= ivf.nlist}):
         ivf.nprobe = nprobe
-        lat = one_at_a_time(lambda q: reg.identify(q, k=5), queries, warmup=5)
-        raw = one_at_a_time(lambda q: reg.index.search(q[None], 5), queries, warmup=5)
-        recall = float(np.mean([reg.identify(q, k=1)[0].name == t for q, t in zip(queries, truth)]))
+        with SpeakerRegistry(path, encoder=encoder, threshold=0.5,
+                             index=dataclasses.replace(config, nprobe=nprobe)) as reg:
+            assert reg.stats()["index"]["nprobe"] == nprobe
+            lat = one_at_a_time(lambda q: reg.identify_embeddings(q, k=5), queries, warmup=5)
+            recall = float(np.mean([top1(reg, q) == t for q, t in zip(queries, truth)]))
+        raw = one_at_a_time(lambda q: index.search(q[None], 5), queries, warmup=5)
         rows.append({"nprobe": nprobe, "identify_p50_ms": percentiles(lat)["p50_ms"],
                      "raw_p50_ms": percentiles(raw)["p50_ms"], "recall_at_1": round(recall, 4)})
     ivf.nprobe = default

@@ -4,7 +4,7 @@ and does the calibrated threshold hold its false-accept rate on unseen speakers?
     python benchmarks/registry_dev.py [--checkpoint PATH] [--manifest PATH]
 
 Enrolls each of the 25 dev speakers from its first 5 clips (sorted by path), identifies the other 375 clips
-(top-1 must equal the protocol's top-1 from ``asit_embed.metrics.evaluate_embeddings``), then counts how
+(top-1 must equal the protocol's top-1 from ``asit_embed.training.metrics.evaluate_embeddings``), then counts how
 often a probe is accepted for a speaker it is not (false-accept rate on impostor trials) and how often it
 is rejected for its own speaker, with and without AS-norm.
 """
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
-from asit_embed.data import read_manifest  # noqa: E402
-from asit_embed.metrics import enrollment_split, evaluate_embeddings  # noqa: E402
+from asit_embed.training.data import read_manifest  # noqa: E402
+from asit_embed.training.metrics import enrollment_split, evaluate_embeddings  # noqa: E402
 from enroll import SpeakerRegistry  # noqa: E402
 
 
@@ -31,9 +31,9 @@ def run(encoder, items, emb, *, as_norm: bool) -> dict:
     enroll, probe = enrollment_split(keys, speakers)
     reg = SpeakerRegistry(encoder=encoder, as_norm=as_norm)
     for name in sorted(set(speakers)):
-        reg.enroll(name, [emb[i] for i in enroll if speakers[i] == name])
+        reg.enroll_embeddings(name, emb[[i for i in enroll if speakers[i] == name]])
     n = len(reg)
-    results = reg.rank(emb[probe], k=n)
+    results = reg.identify_embeddings(emb[probe], k=n)
     top1 = np.mean([r[0].name == speakers[i] for i, r in zip(probe, results)])
     fa = sum(m.accepted for i, r in zip(probe, results) for m in r if m.name != speakers[i])
     fr = sum(not m.accepted for i, r in zip(probe, results) for m in r if m.name == speakers[i])
@@ -53,20 +53,24 @@ def main() -> int:
     items = read_manifest(require(args.manifest), role="dev")
     t0 = time.monotonic()
     encoder = load_encoder(args.checkpoint)
-    emb = encoder.embed_files([it.path for it in items])
+    emb = encoder.embed_batch([it.path for it in items])
     protocol = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items])
     rows = [run(encoder, items, emb, as_norm=False), run(encoder, items, emb, as_norm=True)]
     report = {"protocol": protocol.summary(), "registry": rows,
               "top1_matches_protocol": rows[0]["top1"] == round(protocol.top1, 4),
               "far_target": round(protocol.eer, 4), "seconds": round(time.monotonic() - t0, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_summary(protocol, rows)
+    return 0 if report["top1_matches_protocol"] else 1
+
+
+def print_summary(protocol, rows: list[dict]) -> None:
     print(f"protocol (asit-embed evaluate): top-1 {protocol.top1:.2%}  EER {protocol.eer:.2%}")
     print(f"{'scoring':<10} {'threshold':>9} {'top-1':>7} {'FAR':>7} {'FRR':>7} {'open-set correct':>17}")
     for r in rows:
         print(f"{'AS-norm' if r['as_norm'] else 'cosine':<10} {r['threshold']:9.3f} {r['top1']:7.2%} "
               f"{r['false_accept_rate']:7.2%} {r['false_reject_rate']:7.2%} {r['accepted_and_correct']:17.2%}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["top1_matches_protocol"] else 1
 
 
 if __name__ == "__main__":

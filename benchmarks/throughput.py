@@ -9,7 +9,9 @@ front-end is counted: our fbank + windowing, ECAPA's ``Fbank`` + mean normalisat
 not depend on them) and embeds each clip whole, as it is normally used. With ``--bf16`` (the default where the
 CPU has native bfloat16) both our torch backend and ECAPA also run under bfloat16 autocast, so each
 precision has its peer; ``vs_ecapa`` is against float32 ECAPA, ``vs_ecapa_same_precision`` against ECAPA in
-the same precision. Writes ``benchmarks/results/throughput.json``.
+the same precision. Resemblyzer (when ``asit-embed[train]`` is installed) embeds one clip at a time with its own
+preprocessing (volume normalisation, VAD trimming), as its users call it. Writes
+``benchmarks/results/throughput.json``.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS  # noqa: E402
-from accuracy import ECAPA  # noqa: E402
+from peers import ECAPA, RESEMBLYZER_NAME, resemblyzer  # noqa: E402
 
 from asit_embed import load_audio, load_encoder  # noqa: E402
-from asit_embed.encoder import _cpu_has_bf16  # noqa: E402
 
 CLIPS = Path(__file__).resolve().parents[1] / "examples" / "clips"
 RATE = 16000
@@ -54,10 +56,14 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clips", type=int, default=16, help="clips per setting (a multiple of the batch size)")
     p.add_argument("--backends", nargs="+", default=["torch", "onnx"])
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=_cpu_has_bf16(),
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
                    help="also run both models under bfloat16 autocast (default: where the CPU has native bf16)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.bf16 is None:
+        with warnings.catch_warnings():  # without native bf16 the encoder says so and falls back to float32
+            warnings.simplefilter("ignore")
+            args.bf16 = load_encoder(precision="bfloat16").precision == "bfloat16"
 
     ecapa = ECAPA().eval()
 
@@ -72,18 +78,25 @@ def main() -> int:
         return embed
 
     def ours(enc):
-        return lambda w, b: [enc.embed_waveforms(w[i:i + b]) for i in range(0, len(w), b)]
+        return lambda w, b: enc.embed_batch(w, sample_rate=enc.sample_rate, batch_size=b)
 
     systems = {"ECAPA-TDNN C=512": ecapa_system(False)}
     peer = {}  # system -> the ECAPA run in the same precision
     for backend in args.backends:
-        enc = load_encoder(backend=backend)
+        enc = load_encoder(backend=backend, precision="float32")
         systems[f"asit-embed ({enc.backend})"] = ours(enc)
         peer[f"asit-embed ({enc.backend})"] = "ECAPA-TDNN C=512"
     if args.bf16:
         systems["ECAPA-TDNN C=512 (bfloat16)"] = ecapa_system(True)
         systems["asit-embed (torch, bfloat16)"] = ours(load_encoder(precision="bfloat16"))
         peer["asit-embed (torch, bfloat16)"] = "ECAPA-TDNN C=512 (bfloat16)"
+
+    try:
+        teacher = resemblyzer()
+    except ImportError as err:
+        print(f"Resemblyzer left out: {err}", file=sys.stderr)
+    else:  # one clip at a time (it has no batch call), its own preprocessing counted like our front-end
+        systems[RESEMBLYZER_NAME] = lambda waves, batch: [teacher.embed(w) for w in waves]
 
     rows = []
     for seconds in (3.0, 10.0):

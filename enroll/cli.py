@@ -17,15 +17,11 @@ def _open(args):
     return SpeakerRegistry(args.registry, encoder=encoder, threshold=args.threshold, as_norm=args.as_norm)
 
 
-def _matches_json(matches):
-    return [{"name": m.name, "score": round(m.score, 4), "accepted": m.accepted} for m in matches]
-
-
 def cmd_add(args) -> int:
     with _open(args) as reg:
         spk = reg.enroll(args.name, args.clips, replace=args.replace)
     if args.json:
-        print(json.dumps({"name": spk.name, "n_clips": spk.n_clips, "seconds": round(spk.seconds, 2)}))
+        print(json.dumps(spk.to_dict()))
     else:
         print(f"enrolled {spk.name!r}: {spk.n_clips} clip(s), {spk.seconds:.1f} s of speech")
     return 0
@@ -33,10 +29,11 @@ def cmd_add(args) -> int:
 
 def cmd_identify(args) -> int:
     with _open(args) as reg:
-        results = reg.identify_batch(args.clips, k=args.k)
+        results = reg.identify_embeddings(reg.encoder.embed_batch(args.clips), k=args.k)
         threshold = reg.threshold
     if args.json:
-        print(json.dumps([{"clip": c, "matches": _matches_json(m)} for c, m in zip(args.clips, results)]))
+        print(json.dumps([{"clip": c, "matches": [m.to_dict() for m in matches]}
+                          for c, matches in zip(args.clips, results)]))
         return 0
     for clip, matches in zip(args.clips, results):
         best = next((m.name for m in matches if m.accepted), None)
@@ -50,7 +47,7 @@ def cmd_verify(args) -> int:
     with _open(args) as reg:
         m = reg.verify(args.name, args.clip)
     if args.json:
-        print(json.dumps(_matches_json([m])[0]))
+        print(json.dumps(m.to_dict()))
     else:
         print(f"{args.clip} vs {m.name!r}: score {m.score:.3f} -> {'same speaker' if m.accepted else 'different'}")
     return 0 if m.accepted else 1
@@ -60,7 +57,7 @@ def cmd_list(args) -> int:
     with _open(args) as reg:
         speakers = [reg.speaker(n) for n in reg.names()]
     if args.json:
-        print(json.dumps([{"name": s.name, "n_clips": s.n_clips, "seconds": round(s.seconds, 2)} for s in speakers]))
+        print(json.dumps([s.to_dict() for s in speakers]))
         return 0
     print(f"{'name':<24} {'clips':>5} {'speech (s)':>10}  enrolled")
     for s in speakers:
@@ -112,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asit-enroll", description=__doc__)
     p.add_argument("--registry", help="registry directory (created if missing); required")
     p.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="bfloat16: about 2x faster embedding on CPUs with native bf16 (same registry)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto: bfloat16 where native (about 2x faster), else float32; either serves the same registry")
     p.add_argument("--threshold", type=float, help="accept threshold (default: the calibrated one)")
     p.add_argument("--as-norm", action="store_true", help="AS-norm scoring against the shipped cohort")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -91,6 +91,14 @@ class TemplateIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
+    def info(self) -> dict:
+        """``kind``, ``size``, ``version``, ``trained_at`` and, for IVF, ``nlist`` and ``nprobe``."""
+        out = {"kind": self.kind, "size": len(self), "version": self.version, "trained_at": self.trained_n}
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            out.update(nlist=int(ivf.nlist), nprobe=int(ivf.nprobe))
+        return out
+
     def needs_rebuild(self, n: int) -> bool:
         """Whether ``n`` templates call for the other kind of index, or for retraining the IVF one."""
         return (self.config.kind_for(n, self.kind) != self.kind

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import unicodedata
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,22 +49,41 @@ class UnknownSpeakerError(KeyError):
 
 @dataclass(frozen=True)
 class Match:
+    """A speaker's score for a query; ``accepted``: the score reaches the registry's threshold."""
+
     name: str
     score: float
     accepted: bool
 
+    def to_dict(self) -> dict:
+        """``{"name", "score", "accepted"}``, the score rounded to 4 decimals: the JSON of the CLI and HTTP API."""
+        return {"name": self.name, "score": round(float(self.score), 4), "accepted": bool(self.accepted)}
+
 
 @dataclass(frozen=True)
 class Speaker:
+    """An enrolled speaker: clips, seconds of speech in them (0 for embeddings), times as Unix seconds."""
+
     name: str
     n_clips: int
     seconds: float
     created: float
     updated: float
 
+    def to_dict(self) -> dict:
+        """``{"name", "n_clips", "seconds", "created", "updated"}``, seconds rounded to 2 decimals: the JSON
+        of the CLI and HTTP API."""
+        return {"name": self.name, "n_clips": self.n_clips, "seconds": round(float(self.seconds), 2),
+                "created": self.created, "updated": self.updated}
+
 
 class SpeakerRegistry:
     """A persistent (``path``) or in-memory (``path=None``) registry of enrolled speakers.
+
+    Audio goes to :meth:`enroll`, :meth:`identify` and :meth:`verify`: paths, encoded bytes, binary file
+    objects, or waveform arrays with their ``sample_rate``. Precomputed embeddings go to
+    :meth:`enroll_embeddings` and :meth:`identify_embeddings`; an array is never guessed to be one or the
+    other from its shape.
 
     Args:
         path: directory holding ``registry.sqlite`` and ``index.faiss``; created if missing.
@@ -77,11 +97,10 @@ class SpeakerRegistry:
             IVF above), ``"flat"`` or ``"ivf"``.
 
     >>> reg = SpeakerRegistry()
-    >>> import numpy as np
     >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
-    >>> _ = reg.enroll("ada", [e[0]]); _ = reg.enroll("bob", [e[1]])
-    >>> reg.identify(e[0] + 0.1 * e[1], k=2)[0].name
-    'ada'
+    >>> _ = reg.enroll_embeddings("ada", e[0]); _ = reg.enroll_embeddings("bob", e[1])
+    >>> [m.name for m in reg.identify_embeddings(e[0] + 0.1 * e[1], k=2)[0]]
+    ['ada', 'bob']
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, encoder=None, threshold: float | None = None,
@@ -97,7 +116,7 @@ class SpeakerRegistry:
             if self.path.exists() and not self.path.is_dir():
                 raise RegistryError(f"registry path {str(self.path)!r} exists and is not a directory")
             self.path.mkdir(parents=True, exist_ok=True)
-        self.store = Store(":memory:" if self.path is None else str(self.path / "registry.sqlite"))
+        self._store = Store(":memory:" if self.path is None else str(self.path / "registry.sqlite"))
         self._check_encoder()
         meta = getattr(encoder, "metadata", {}) or {}
         self.as_norm = None
@@ -113,11 +132,11 @@ class SpeakerRegistry:
                 log.warning("encoder carries no calibrated %s; using %.2f", key, DEFAULT_THRESHOLD)
                 threshold = DEFAULT_THRESHOLD
         self.threshold = float(threshold)
-        self.index = TemplateIndex(self.dim, IndexConfig(kind=index) if isinstance(index, str) else index)
+        self._index = TemplateIndex(self.dim, IndexConfig(kind=index) if isinstance(index, str) else index)
         self._unsaved = 0   # speaker changes in the in-memory index but not in the index file
         path = self._index_file()
-        if path is not None and self.index.load(path, fingerprint=encoder.fingerprint, store=self.store.uid):
-            self._saved_version = self.index.version
+        if path is not None and self._index.load(path, fingerprint=encoder.fingerprint, store=self._store.uid):
+            self._saved_version = self._index.version
         else:
             self._saved_version = None
         self._sync()
@@ -126,15 +145,15 @@ class SpeakerRegistry:
     def flush(self) -> None:
         """Write the index file if the in-memory index has moved past it (``close()`` does this too)."""
         path = self._index_file()
-        if path is not None and self.index.version != self._saved_version:
-            self.index.save(path, fingerprint=self.encoder.fingerprint, store=self.store.uid)
-            self._saved_version, self._unsaved = self.index.version, 0
+        if path is not None and self._index.version != self._saved_version:
+            self._index.save(path, fingerprint=self.encoder.fingerprint, store=self._store.uid)
+            self._saved_version, self._unsaved = self._index.version, 0
 
     def close(self) -> None:
         try:
             self.flush()
         finally:
-            self.store.close()
+            self._store.close()
 
     def __enter__(self) -> SpeakerRegistry:
         return self
@@ -144,11 +163,11 @@ class SpeakerRegistry:
 
     def _check_encoder(self) -> None:
         fp = self.encoder.fingerprint
-        with self.store.transaction() as db:
-            have = self.store.get_meta("encoder_fingerprint")
+        with self._store.transaction() as db:
+            have = self._store.get_meta("encoder_fingerprint")
             if have is None:
-                self.store.set_meta(db, "encoder_fingerprint", fp)
-                self.store.set_meta(db, "dim", str(self.dim))
+                self._store.set_meta(db, "encoder_fingerprint", fp)
+                self._store.set_meta(db, "dim", str(self.dim))
         if have is not None and have != fp:
             where = "in-memory registry" if self.path is None else f"registry {str(self.path)!r}"
             raise EncoderMismatchError(f"{where} was built with encoder {have}, but the encoder given is {fp}; "
@@ -161,90 +180,121 @@ class SpeakerRegistry:
     def _sync(self) -> None:
         """Bring the index up to the store's version: re-index the speakers changed since the index's
         version, or rebuild it when those are unknown or many, or when its size calls for another kind."""
-        if self.store.version() == self.index.version and not self.index.needs_rebuild(len(self.index)):
+        store, index = self._store, self._index
+        if store.version() == index.version and not index.needs_rebuild(len(index)):
             return
-        with self.store.snapshot():  # the version, the change set and the templates, all of one state
-            version, n = self.store.version(), self.store.count()
-            changed = None if self.index.version > version else self.store.changed_since(self.index.version)
-            if changed is None or len(changed) > max(len(self.index), n) // 2 or self.index.needs_rebuild(n):
+        with store.snapshot():  # the version, the change set and the templates, all of one state
+            version, n = store.version(), store.count()
+            changed = None if index.version > version else store.changed_since(index.version)
+            if changed is None or len(changed) > max(len(index), n) // 2 or index.needs_rebuild(n):
                 changed = None
-                ids, templates = self.store.templates()
+                ids, templates = store.templates()
             else:
-                ids, templates = self.store.templates(changed)
+                ids, templates = store.templates(changed)
         if changed is None:
-            self.index.rebuild(ids, templates, version)
+            index.rebuild(ids, templates, version)
             self._unsaved = max(1, len(ids))
         else:
-            self.index.update(changed, ids, templates, version)
+            index.update(changed, ids, templates, version)
             self._unsaved += len(changed)
-        if self._unsaved >= max(1, self.index.config.flush_fraction * len(self.index)):
+        if self._unsaved >= max(1, index.config.flush_fraction * len(index)):
             self.flush()
 
     # --- inputs ---------------------------------------------------------------------------------------------
-    def _embed(self, clips: Sequence, sample_rate: int | None) -> list[ClipRecord]:
-        records = []
-        for clip in clips:
-            if isinstance(clip, (np.ndarray, torch.Tensor)) and sample_rate is None:
-                emb = np.asarray(clip, dtype=np.float32)
-                records.append(ClipRecord(self._unit(emb[None])[0], None, hashlib.sha256(emb.tobytes()).hexdigest()))
-                continue
-            wave = self.encoder.load(clip, sample_rate)
-            emb = self.encoder.embed_waveforms([wave])[0]
-            records.append(ClipRecord(emb, wave.shape[0] / self.encoder.sample_rate,
-                                      hashlib.sha256(wave.tobytes()).hexdigest()))
-        return records
-
-    def _unit(self, emb: np.ndarray) -> np.ndarray:
-        """``emb (n, dim)`` embeddings, checked and scaled to unit norm."""
-        if emb.shape[1:] != (self.dim,):
-            raise TypeError(f"an array without sample_rate is taken as an embedding of shape ({self.dim},), "
-                            f"got {emb.shape[1:]}; pass sample_rate= for a waveform")
-        norm = np.sqrt(np.einsum("nd,nd->n", emb, emb, dtype=np.float64))[:, None]
-        if not (np.isfinite(norm).all() and norm.all()):
-            raise ValueError("embedding has NaN/Inf values or zero norm")
-        return (emb / norm).astype(np.float32)
-
-    def _query(self, clips: Sequence, sample_rate: int | None) -> np.ndarray:
-        if sample_rate is None and all(isinstance(c, np.ndarray) and c.shape == (self.dim,) for c in clips):
-            return self._unit(np.asarray(clips, dtype=np.float32))  # embeddings, checked all at once
-        return np.stack([r.embedding for r in self._embed(clips, sample_rate)])
-
-    @staticmethod
-    def _clip_list(name: str, clips, sample_rate: int | None) -> list:
-        if isinstance(clips, (str, bytes, os.PathLike)) or (
-                isinstance(clips, (np.ndarray, torch.Tensor)) and (sample_rate is not None or clips.ndim == 1)):
+    def _clip_records(self, name: str, clips, sample_rate: int | None, instead: str) -> list[ClipRecord]:
+        """Records of one clip or a list of clips, all decoded and embedded (so all checked) before any is
+        stored; ``instead`` names the call that takes embeddings, for the error on an array without rate."""
+        if isinstance(clips, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, torch.Tensor)) or (
+                hasattr(clips, "read")):
             clips = [clips]
-        clips = list(clips)
-        if not clips:
+        waves = [self.encoder.prepare(clip, _rate(clip, sample_rate, instead)) for clip in clips]
+        if not waves:
             raise ValueError(f"no clips given to enroll {name!r}")
-        return clips
+        embeddings = self.encoder.embed_batch(waves, sample_rate=self.encoder.sample_rate)
+        return [ClipRecord(emb, wave.shape[0] / self.encoder.sample_rate, hashlib.sha256(wave.tobytes()).hexdigest())
+                for wave, emb in zip(waves, embeddings)]
 
-    # --- API ------------------------------------------------------------------------------------------------
+    def _embedding_records(self, name: str, vectors) -> list[ClipRecord]:
+        embeddings = self._unit_rows(vectors, f"embeddings of {name!r}")
+        if not len(embeddings):
+            raise ValueError(f"no embeddings given to enroll {name!r}")
+        return [ClipRecord(emb, None, hashlib.sha256(emb.tobytes()).hexdigest()) for emb in embeddings]
+
+    def _unit_rows(self, vectors, what: str) -> np.ndarray:
+        """``vectors``, ``(dim,)`` or ``(n, dim)`` numbers, checked and returned as ``(n, dim)`` float32 rows
+        of unit norm."""
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().cpu().float().numpy()
+        try:
+            x = np.asarray(vectors)
+        except ValueError as err:  # a ragged list
+            raise ValueError(f"{what} must have shape ({self.dim},) or (n, {self.dim}): {err}") from None
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"{what} must be numeric arrays, got {type(vectors).__name__} of dtype {x.dtype} "
+                            "(audio clips go to enroll(), identify() and verify())")
+        x = x.reshape(0, self.dim) if x.shape == (0,) else x[None] if x.ndim == 1 else x  # [] is no vectors
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{what} must have shape ({self.dim},) or (n, {self.dim}), got {np.shape(vectors)}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        norm = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64))
+        bad = np.flatnonzero(~(np.isfinite(norm) & (norm > 0)))
+        if len(bad):
+            raise ValueError(f"{what}: row {bad[0]} has NaN/Inf values or zero norm")
+        return (x / norm[:, None]).astype(np.float32)
+
+    def _embed_query(self, clip, sample_rate: int | None, caller: str) -> np.ndarray:
+        """The ``(dim,)`` embedding of one query clip."""
+        if isinstance(clip, (list, tuple)):
+            raise TypeError(f"{caller}() takes one clip, got a {type(clip).__name__}; for many clips use "
+                            "identify_embeddings(registry.encoder.embed_batch(clips))")
+        return self.encoder.embed(clip, _rate(clip, sample_rate, "identify_embeddings()"))
+
+    # --- enrollment -----------------------------------------------------------------------------------------
     def enroll(self, name: str, clips, *, sample_rate: int | None = None, replace: bool = False) -> Speaker:
-        """Enroll ``name`` from one clip or a list (paths, bytes, file objects, waveforms with ``sample_rate``,
-        or ``(dim,)`` embeddings). An existing name gains the clips unless ``replace=True``. All clips are
-        embedded before anything is written, so a bad clip leaves the registry unchanged."""
+        """Enroll ``name`` from one clip or a list: paths, encoded bytes, binary file objects, or waveform
+        arrays (mono or multichannel, any rate) with their ``sample_rate``. An existing name gains the clips
+        unless ``replace=True``. All clips are embedded before anything is written, so a bad clip leaves the
+        registry unchanged. Precomputed embeddings: :meth:`enroll_embeddings`."""
         name = validate_name(name)
-        records = self._embed(self._clip_list(name, clips, sample_rate), sample_rate)
-        self.store.add_clips(name, records, replace=replace)
+        records = self._clip_records(name, clips, sample_rate, "enroll_embeddings()")
+        self._store.add_clips(name, records, replace=replace)
+        self._sync()
+        return self.speaker(name)
+
+    def enroll_embeddings(self, name: str, vectors, *, replace: bool = False) -> Speaker:
+        """Enroll ``name`` from precomputed embeddings of its clips: ``(dim,)`` for one clip or ``(n, dim)``
+        (any scale; each is normalised to unit length). As :meth:`enroll` otherwise; the speaker's
+        ``seconds`` do not grow, embeddings carrying no duration.
+
+        >>> reg = SpeakerRegistry()
+        >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
+        >>> reg.enroll_embeddings("ada", 2 * e[:3]).n_clips
+        3
+        """
+        name = validate_name(name)
+        records = self._embedding_records(name, vectors)
+        self._store.add_clips(name, records, replace=replace)
         self._sync()
         return self.speaker(name)
 
     def enroll_many(self, speakers: Mapping[str, object] | Iterable[tuple[str, object]], *,
-                    sample_rate: int | None = None, replace: bool = False) -> int:
+                    sample_rate: int | None = None, replace: bool = False, embeddings: bool = False) -> int:
         """Enroll many speakers in one transaction: ``{name: clips}`` or ``(name, clips)`` pairs, clips as
-        for :meth:`enroll`. Every name is checked and every clip embedded before anything is written, so
-        one bad item leaves the registry unchanged. Returns the number of speakers written.
+        for :meth:`enroll`, or with ``embeddings=True`` precomputed embeddings as for
+        :meth:`enroll_embeddings`. Every name is checked and every clip embedded before anything is written,
+        so one bad item leaves the registry unchanged. Returns the number of speakers written.
 
         For bulk imports: one commit and one index update for all of them instead of one per speaker.
 
         >>> reg = SpeakerRegistry()
         >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
-        >>> reg.enroll_many({"ada": [e[0], e[2]], "bob": [e[1]]})
+        >>> reg.enroll_many({"ada": e[[0, 2]], "bob": e[1]}, embeddings=True)
         2
-        >>> reg.identify(e[1], k=1)[0].name
+        >>> reg.identify_embeddings(e[1], k=1)[0][0].name
         'bob'
         """
+        if embeddings and sample_rate is not None:
+            raise TypeError("sample_rate applies to waveform clips; embeddings=True takes none")
         items = speakers.items() if isinstance(speakers, Mapping) else speakers
         batch, seen = [], set()
         for name, clips in items:
@@ -252,44 +302,41 @@ class SpeakerRegistry:
             if name in seen:
                 raise ValueError(f"speaker {name!r} is given twice; merge its clips into one entry")
             seen.add(name)
-            batch.append((name, self._embed(self._clip_list(name, clips, sample_rate), sample_rate)))
+            batch.append((name, self._embedding_records(name, clips) if embeddings else
+                          self._clip_records(name, clips, sample_rate, "enroll_many(..., embeddings=True)")))
         if batch:
-            self.store.add_many(batch, replace=replace)
+            self._store.add_many(batch, replace=replace)
             self._sync()
         return len(batch)
 
-    def speaker(self, name: str) -> Speaker:
-        info = self.store.speaker_info(name)
-        if info is None:
-            raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
-        return Speaker(name, info["n_clips"], info["seconds"], info["created"], info["updated"])
-
+    # --- queries --------------------------------------------------------------------------------------------
     def identify(self, clip, *, k: int = 5, sample_rate: int | None = None) -> list[Match]:
-        """Best ``k`` speakers for ``clip``, best first; nobody accepted means "unknown"."""
-        return self.identify_batch([clip], k=k, sample_rate=sample_rate)[0]
+        """Best ``k`` speakers for one clip (as for :meth:`enroll`), best first; nobody accepted means
+        "unknown". Many clips, or precomputed embeddings: :meth:`identify_embeddings`."""
+        _check_k(k)
+        return self.identify_embeddings(self._embed_query(clip, sample_rate, "identify"), k=k)[0]
 
-    def identify_batch(self, clips: Sequence, *, k: int = 5, sample_rate: int | None = None) -> list[list[Match]]:
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        queries = self._query(list(clips), sample_rate)
-        return self.rank(queries, k=k)
+    def identify_embeddings(self, vectors, *, k: int = 5) -> list[list[Match]]:
+        """Best ``k`` speakers for each query embedding, best first: one list per row of ``vectors``
+        (``(n, dim)``, or ``(dim,)`` for a single query; normalised to unit length here).
 
-    def rank(self, queries: np.ndarray, *, k: int = 5) -> list[list[Match]]:
-        """Top-``k`` matches for each of ``queries (n, dim)`` unit embeddings.
+        For many clips: ``identify_embeddings(registry.encoder.embed_batch(clips), k=k)``. The index proposes
+        candidates; each is scored exactly against its template in the store.
 
-        The index proposes candidates; each is scored exactly against its template in the store.
+        >>> reg = SpeakerRegistry(threshold=0.9)
+        >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
+        >>> _ = reg.enroll_embeddings("ada", e[0])
+        >>> [row[0].accepted for row in reg.identify_embeddings(np.stack([e[0], e[1]]), k=1)]
+        [True, False]
         """
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
+        _check_k(k)
+        queries = self._unit_rows(vectors, "query embeddings")
         self._sync()
         return [m for i in range(0, len(queries), QUERY_BLOCK) for m in self._rank(queries[i:i + QUERY_BLOCK], k)]
 
     def _rank(self, queries: np.ndarray, k: int) -> list[list[Match]]:
-        candidates = self.index.search(queries, k if self.as_norm is None else max(k, AS_NORM_POOL))
-        ids, names, templates = self.store.lookup(candidates[candidates >= 0])
+        candidates = self._index.search(queries, k if self.as_norm is None else max(k, AS_NORM_POOL))
+        ids, names, templates = self._store.lookup(candidates[candidates >= 0])
         if not len(ids):  # nobody enrolled, or every candidate removed since the index was brought up to date
             return [[] for _ in queries]
         rows = np.minimum(np.searchsorted(ids, candidates), len(ids) - 1)
@@ -304,11 +351,12 @@ class SpeakerRegistry:
                 for rrow, srow in zip(rows, scores)]
 
     def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Match:
-        """Score ``clip`` against ``name``'s template; ``accepted`` says whether it is that speaker."""
-        info = self.store.speaker_info(name)
+        """Score one clip (as for :meth:`enroll`) against ``name``'s template; ``accepted`` says whether it
+        is that speaker."""
+        info = self._store.speaker_info(name)
         if info is None:
             raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
-        query = self._query([clip], sample_rate)
+        query = self._embed_query(clip, sample_rate, "verify")[None]
         score = query @ info["template"][:, None]
         if self.as_norm is not None:
             mu_t, sd_t = self.as_norm.stats(info["template"][None])
@@ -316,28 +364,99 @@ class SpeakerRegistry:
         s = float(score[0, 0])
         return Match(name, s, s >= self.threshold)
 
+    # --- speakers -------------------------------------------------------------------------------------------
+    def speaker(self, name: str) -> Speaker:
+        info = self._store.speaker_info(name)
+        if info is None:
+            raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
+        return Speaker(name, info["n_clips"], info["seconds"], info["created"], info["updated"])
+
     def remove(self, name: str) -> None:
-        if not self.store.remove(name):
+        if not self._store.remove(name):
             raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
         self._sync()
 
     def rename(self, old: str, new: str) -> None:
         new = validate_name(new)
-        if self.store.speaker_id(old) is None:
+        if self._store.speaker_id(old) is None:
             raise UnknownSpeakerError(f"no speaker named {old!r} is enrolled")
-        if old != new and self.store.speaker_id(new) is not None:
+        if old != new and self._store.speaker_id(new) is not None:
             raise RegistryError(f"cannot rename {old!r} to {new!r}: {new!r} is already enrolled")
-        self.store.rename(old, new)
+        self._store.rename(old, new)
         self._sync()
 
     def names(self) -> list[str]:
-        return self.store.names()
+        return self._store.names()
+
+    def templates(self) -> tuple[list[str], np.ndarray]:
+        """Every enrolled speaker's template, the vector queries are scored against (the renormalised mean
+        of its clip embeddings): ``(names, (n, dim) float32)``, names sorted as by :meth:`names`."""
+        names, templates = self._store.named_templates()
+        return names, templates.reshape(len(names), self.dim)
+
+    def stats(self) -> dict:
+        """The registry's state: ``speakers``; ``version``, the store's change counter (any change to the
+        speakers advances it); ``index``: ``kind`` (``"flat"`` or ``"ivf"``), ``size`` (templates indexed),
+        ``version`` (the store version it reflects), ``trained_at`` (registry size the IVF index was trained
+        at, 0 for flat) and for IVF ``nlist`` and ``nprobe``. The index is brought up to date first."""
+        self._sync()
+        with self._store.snapshot():
+            speakers, version = self._store.count(), self._store.version()
+        return {"speakers": speakers, "version": version, "index": self._index.info()}
 
     def __len__(self) -> int:
-        return self.store.count()
+        return self._store.count()
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.store.speaker_id(name) is not None
+        return isinstance(name, str) and self._store.speaker_id(name) is not None
+
+    # --- deprecated (removed in the next release) -----------------------------------------------------------
+    def identify_batch(self, clips: Sequence, *, k: int = 5, sample_rate: int | None = None) -> list[list[Match]]:
+        """Deprecated: use ``identify_embeddings(registry.encoder.embed_batch(clips), k=k)``."""
+        _deprecated("identify_batch()", "identify_embeddings(registry.encoder.embed_batch(clips), k=k)")
+        _check_k(k)
+        clips = list(clips)
+        for clip in clips:
+            _rate(clip, sample_rate, "identify_embeddings()")
+        return self.identify_embeddings(self.encoder.embed_batch(clips, sample_rate=sample_rate), k=k)
+
+    def rank(self, queries: np.ndarray, *, k: int = 5) -> list[list[Match]]:
+        """Deprecated: use :meth:`identify_embeddings`."""
+        _deprecated("rank()", "identify_embeddings()")
+        return self.identify_embeddings(queries, k=k)
+
+    @property
+    def store(self) -> Store:
+        """Deprecated: internal; use :meth:`stats`, :meth:`templates` and :meth:`speaker`."""
+        _deprecated("store", "stats(), templates() or speaker()")
+        return self._store
+
+    @property
+    def index(self) -> TemplateIndex:
+        """Deprecated: internal; use :meth:`stats`."""
+        _deprecated("index", "stats()")
+        return self._index
+
+
+def _rate(clip, sample_rate: int | None, instead: str) -> int | None:
+    """The rate to decode ``clip`` with: ``sample_rate`` for a waveform array, which needs one; None for an
+    encoded clip (a path, bytes, a file object), which carries its own."""
+    if not isinstance(clip, (np.ndarray, torch.Tensor)):
+        return None
+    if sample_rate is None:
+        raise TypeError(f"got an array of shape {tuple(clip.shape)} but no sample_rate: pass sample_rate= if it "
+                        f"is a waveform, or use {instead} if it holds precomputed embeddings")
+    return sample_rate
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a whole number of at least 1, got {k!r}")
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"SpeakerRegistry.{old} is deprecated and will be removed in the next release; use {new}",
+                  DeprecationWarning, stacklevel=3)
 
 
 def validate_name(name: str) -> str:

@@ -37,12 +37,11 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from asit_embed import AudioError
-from enroll.registry import Match, RegistryError, Speaker, SpeakerRegistry, UnknownSpeakerError, validate_name
+from asit_embed.audio import AUDIO_SUFFIXES
+from enroll.registry import RegistryError, SpeakerRegistry, UnknownSpeakerError, validate_name
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
-                            ".aifc", ".au", ".caf", ".w64", ".rf64"})
 MAX_K = 100
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
@@ -169,7 +168,7 @@ def list_speakers():
     speakers = []
     for name in reg.names():
         try:
-            speakers.append(_speaker_json(reg.speaker(name)))
+            speakers.append(reg.speaker(name).to_dict())
         except UnknownSpeakerError:  # removed by another request since names() was read: no longer listed
             continue
     return jsonify(speakers=speakers)
@@ -177,7 +176,7 @@ def list_speakers():
 
 @api.get("/speakers/<path:name>")
 def get_speaker(name: str):
-    return jsonify(_speaker_json(_service().registry.speaker(_name(name))))
+    return jsonify(_service().registry.speaker(_name(name)).to_dict())
 
 
 @api.post("/speakers/<path:name>")
@@ -189,7 +188,7 @@ def enroll(name: str):
     reg = svc.registry
     created = name not in reg
     speaker = reg.enroll(name, clips, sample_rate=svc.encoder.sample_rate, replace=replace)
-    return jsonify(_speaker_json(speaker)), 201 if created else 200
+    return jsonify(speaker.to_dict()), 201 if created else 200
 
 
 @api.delete("/speakers/<path:name>")
@@ -209,7 +208,7 @@ def rename(name: str):
     new = _name(new)
     reg = _service().registry
     reg.rename(name, new)
-    return jsonify(_speaker_json(reg.speaker(new)))
+    return jsonify(reg.speaker(new).to_dict())
 
 
 @api.post("/identify")
@@ -219,7 +218,7 @@ def identify():
     svc = _service()
     reg = svc.registry
     matches = reg.identify(clip, k=k, sample_rate=svc.encoder.sample_rate)
-    return jsonify(matches=[_match_json(m) for m in matches], threshold=reg.threshold)
+    return jsonify(matches=[m.to_dict() for m in matches], threshold=reg.threshold)
 
 
 @api.post("/verify/<path:name>")
@@ -229,8 +228,7 @@ def verify(name: str):
     reg = svc.registry
     reg.speaker(name)  # an unknown name is a 404 before the upload is decoded
     (clip,) = _uploads("file", many=False)
-    return jsonify(**_match_json(reg.verify(name, clip, sample_rate=svc.encoder.sample_rate)),
-                   threshold=reg.threshold)
+    return jsonify(**reg.verify(name, clip, sample_rate=svc.encoder.sample_rate).to_dict(), threshold=reg.threshold)
 
 
 # --- request parsing ----------------------------------------------------------------------------------------
@@ -282,7 +280,7 @@ def _decode(upload: FileStorage) -> np.ndarray:
     seconds = _header_seconds(data)  # refuse a long clip before decoding it
     if seconds is None or seconds <= svc.max_seconds:
         try:
-            wave = svc.encoder.load(data)
+            wave = svc.encoder.prepare(data)
         except AudioError as err:
             raise AudioError(f"{label}: {err}") from err
         seconds = wave.shape[0] / svc.encoder.sample_rate
@@ -301,15 +299,6 @@ def _header_seconds(data: bytes) -> float | None:
 
 
 # --- responses ----------------------------------------------------------------------------------------------
-def _speaker_json(s: Speaker) -> dict:
-    return {"name": s.name, "n_clips": s.n_clips, "seconds": round(s.seconds, 2), "created": s.created,
-            "updated": s.updated}
-
-
-def _match_json(m: Match) -> dict:
-    return {"name": m.name, "score": round(m.score, 4), "accepted": m.accepted}
-
-
 def _error(status: int, message: str):
     return jsonify(error=message), status
 

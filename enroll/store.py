@@ -139,13 +139,13 @@ class Store:
         else:
             cursor = self.db.execute("SELECT id, template FROM speakers WHERE id IN (SELECT value FROM json_each(?)) "
                                      "ORDER BY id", (json.dumps(np.asarray(ids).tolist()),))
-        id_parts, mat_parts = [], []
-        while rows := cursor.fetchmany(65536):
-            id_parts.append(np.array([r[0] for r in rows], dtype=np.int64))
-            mat_parts.append(_matrix([r[1] for r in rows]))
-        if not id_parts:
-            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        return np.concatenate(id_parts), np.concatenate(mat_parts)
+        keys, templates = _keyed_matrix(cursor)
+        return np.array(keys, dtype=np.int64), templates
+
+    def named_templates(self) -> tuple[list[str], np.ndarray]:
+        """Names and templates of all speakers, by name: ``(names, (n, dim) float32)`` (``(0, 0)`` when
+        there are none)."""
+        return _keyed_matrix(self.db.execute("SELECT name, template FROM speakers ORDER BY name"))
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
         """The speakers of ``ids`` (repeats allowed) still enrolled: ``(ids (n,) int64, names, templates
@@ -216,6 +216,15 @@ def _template(embeddings: np.ndarray) -> bytes:
     """The renormalised mean of ``embeddings (n, dim)``, as stored."""
     template = embeddings.mean(axis=0)
     return (template / np.linalg.norm(template)).astype(np.float32).tobytes()
+
+
+def _keyed_matrix(cursor: sqlite3.Cursor) -> tuple[list, np.ndarray]:
+    """A query's ``(key, blob)`` rows, read in chunks: ``(keys, (n, dim) matrix)``."""
+    keys, parts = [], []
+    while rows := cursor.fetchmany(65536):
+        keys.extend(r[0] for r in rows)
+        parts.append(_matrix([r[1] for r in rows]))
+    return keys, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def _matrix(blobs: list[bytes]) -> np.ndarray:

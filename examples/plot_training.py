@@ -3,7 +3,6 @@
     python examples/plot_training.py runs/ft_d15_full/log.jsonl [out.png]
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,9 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from asit_embed.training.runs import read_log  # noqa: E402
 
-def main(log_path: str, out: str | None = None) -> None:
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+
+def main(log_path: str, out: str | None = None):
+    """Plot ``log_path`` into ``out`` (default: ``training.png`` beside it); returns the closed figure."""
+    records = read_log(log_path)
+    if not records:
+        sys.exit(f"{log_path} holds no epochs yet")
     epochs = [r["epoch"] for r in records]
     dev = [r for r in records if "dev_eer" in r]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -33,7 +37,9 @@ def main(log_path: str, out: str | None = None) -> None:
     fig.tight_layout()
     out = out or str(Path(log_path).with_name("training.png"))
     fig.savefig(out, dpi=110)
+    plt.close(fig)
     print(f"wrote {out}")
+    return fig
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main() -> int:
         probes += [(speaker, p) for p in paths[N_ENROLL:]]
 
     enrolled = registry.names()
-    results = registry.identify_batch([p for _, p in probes], k=len(enrolled))
+    results = registry.identify_embeddings(encoder.embed_batch([p for _, p in probes]), k=len(enrolled))
     print(f"\n{'clip':<22} {'true speaker':<24} {'answer':<10} {'score':>6}")
     correct = 0
     scores = np.zeros((len(probes), len(enrolled)))

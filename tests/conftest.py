@@ -24,7 +24,7 @@ def clips_manifest():
 def encoder():
     from asit_embed import load_encoder
 
-    return load_encoder()
+    return load_encoder(precision="float32")  # the reference; tests that need bfloat16 ask for it
 
 
 @pytest.fixture

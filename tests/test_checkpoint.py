@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from asit_embed import CheckpointError, SpeakerEncoder, load_checkpoint, load_encoder, save_checkpoint
+from asit_embed import CheckpointError, SpeakerEncoder, load_encoder
+from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.model import ASiTEncoder, asit_tiny
 
 

@@ -33,9 +33,16 @@ def test_enroll_cli_round_trip(cli_registry, capsys):
     capsys.readouterr()
     assert enroll_main(reg + ["--json", "identify", a[4], "--k", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result[0]["clip"] == a[4] and len(result[0]["matches"]) == 2
+    assert result[0]["clip"] == a[4] and [m["name"] for m in result[0]["matches"]] == ["alice", "bob"]
+    assert [list(m) for m in result[0]["matches"]] == [["name", "score", "accepted"]] * 2
+    assert [m["accepted"] for m in result[0]["matches"]] == [True, False]
+    assert enroll_main(reg + ["--json", "verify", "bob", a[4]]) == 1  # alice's voice claiming to be bob
+    claim = json.loads(capsys.readouterr().out)
+    assert claim == {"name": "bob", "score": claim["score"], "accepted": False} and claim["score"] < 0.4
     assert enroll_main(reg + ["--json", "list"]) == 0
-    assert [s["name"] for s in json.loads(capsys.readouterr().out)] == ["alice", "bob"]
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in listed] == ["alice", "bob"] and [s["n_clips"] for s in listed] == [3, 3]
+    assert list(listed[0]) == ["name", "n_clips", "seconds", "created", "updated"]
     assert enroll_main(reg + ["rename", "bob", "robert"]) == 0
     assert enroll_main(reg + ["remove", "alice"]) == 0
     capsys.readouterr()
@@ -44,3 +51,16 @@ def test_enroll_cli_round_trip(cli_registry, capsys):
     assert "robert" in out and "alice" not in out
     assert enroll_main(reg + ["verify", "alice", a[4]]) == 2
     assert "no speaker named 'alice'" in capsys.readouterr().err
+
+
+def test_embedding_commands_never_import_the_training_code(tmp_path, clip_rows):
+    import subprocess
+    import sys
+
+    script = ("import sys; from asit_embed.cli import main; rc = main(['embed', sys.argv[1], '--out', sys.argv[2]]); "
+              "bad = sorted(m for m in sys.modules if m.startswith('asit_embed.training')); print(bad); "
+              "sys.exit(rc or bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", script, clip_rows[0]["path"], str(tmp_path / "e.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("[]")

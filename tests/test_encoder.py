@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from asit_embed import AudioError, SpeakerEncoder, similarity
 from asit_embed.audio import load_audio
 
 
 def test_embeddings_are_unit_norm_float32_and_deterministic(encoder, clip_rows):
-    a = encoder.embed_file(clip_rows[0]["path"])
-    b = encoder.embed_file(clip_rows[0]["path"])
+    a = encoder.embed(clip_rows[0]["path"])
+    b = encoder.embed(clip_rows[0]["path"])
     assert a.shape == (encoder.dim,) and a.dtype == np.float32
     assert abs(np.linalg.norm(a) - 1) < 1e-5 and np.isfinite(a).all()
     assert np.array_equal(a, b)
@@ -20,8 +21,8 @@ def test_embeddings_are_unit_norm_float32_and_deterministic(encoder, clip_rows):
 
 def test_batch_equals_one_by_one(encoder, clip_rows):
     paths = [r["path"] for r in clip_rows[:10]]  # 2.3 … 7.6 s: short clips padded, long ones windowed
-    batched = encoder.embed_files(paths, batch_size=4)
-    single = np.stack([encoder.embed_file(p) for p in paths])
+    batched = encoder.embed_batch(paths, batch_size=4)
+    single = np.stack([encoder.embed(p) for p in paths])
     assert batched.shape == (10, encoder.dim)
     assert (np.sum(batched * single, axis=1) >= 0.999).all()
 
@@ -51,7 +52,7 @@ def test_long_file_is_windowed_in_bounded_memory(encoder, clip_rows, tmp_path):
     long = np.tile(np.concatenate(waves), 8)[: 16000 * 180]
     path = tmp_path / "long.flac"
     sf.write(path, long, 16000)
-    emb = encoder.embed_file(path)
+    emb = encoder.embed(path)
     assert emb.shape == (encoder.dim,) and np.isfinite(emb).all()
     assert len(encoder._windows(18000)) > 100
     # still the same speaker as one of its clips
@@ -74,9 +75,41 @@ def test_bad_input_is_an_audio_error(encoder, tmp_path):
     bad = tmp_path / "x.wav"
     bad.write_bytes(b"not audio at all")
     with pytest.raises(AudioError):
-        encoder.embed_file(bad)
-    with pytest.raises(TypeError, match="sample_rate"):
-        encoder.embed_clip(np.ones(16000))
+        encoder.embed(bad)
+    with pytest.raises(TypeError, match="needs its sample_rate"):
+        encoder.embed(np.ones(16000))
+    with pytest.raises(TypeError, match="arrays only"):
+        encoder.embed(bad, sample_rate=16000)
+
+
+def test_every_kind_of_clip_gives_the_same_embedding(encoder, clip_rows):
+    path = clip_rows[0]["path"]
+    ref = encoder.embed(path)
+    wave, rate = sf.read(path, dtype="float32")
+    data = Path(path).read_bytes()
+    with open(path, "rb") as f:
+        from_file = encoder.embed(f)
+    for e in (encoder.embed(Path(path)), encoder.embed(data), from_file, encoder.embed(wave, sample_rate=rate),
+              encoder.embed(torch.from_numpy(wave), sample_rate=rate)):
+        assert similarity(ref, e) > 0.9999
+    # An array at another rate is resampled, never embedded as if it were 16 kHz.
+    wave8k = torchaudio.functional.resample(torch.from_numpy(wave), rate, 8000).numpy()
+    assert similarity(ref, encoder.embed(wave8k, sample_rate=8000)) > 0.9
+    batch = encoder.embed_batch(iter([path, data, wave8k]), sample_rate=8000)  # rate applies to the array only
+    assert batch.shape == (3, encoder.dim)
+    assert similarity(batch[0], ref) > 0.9999 and similarity(batch[1], ref) > 0.9999
+    assert similarity(batch[2], ref) > 0.9
+
+
+def test_old_names_warn_and_still_work(encoder, clip_rows):
+    path = clip_rows[0]["path"]
+    ref = encoder.embed(path)
+    with pytest.warns(DeprecationWarning, match="use embed\\(\\)"):
+        assert similarity(encoder.embed_file(path), ref) > 0.9999
+    with pytest.warns(DeprecationWarning, match="use embed\\(\\)"):
+        assert similarity(encoder.embed_clip(path), ref) > 0.9999
+    with pytest.warns(DeprecationWarning, match="use embed_batch\\(\\)"):
+        assert similarity(encoder.embed_files([path])[0], ref) > 0.9999
 
 
 def test_similarity_checks_shapes():

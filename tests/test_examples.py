@@ -25,4 +25,14 @@ def test_plot_training_log(tmp_path):
                    '{"epoch": 2, "loss": 2.0, "train_acc": 0.5, "dev_top1": 0.6, "dev_eer": 0.1}\n')
     subprocess.run([sys.executable, str(ROOT / "examples" / "plot_training.py"), str(log), str(tmp_path / "t.png")],
                    check=True, capture_output=True, timeout=120)
-    assert (tmp_path / "t.png").stat().st_size > 1000
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "t.png")
+    assert image.shape[:2] == (round(3.8 * 110), 14 * 110) and image.std() > 0.05
+    sys.path.insert(0, str(ROOT / "examples"))
+    from plot_training import main
+
+    fig = main(str(log), str(tmp_path / "t2.png"))
+    loss, acc, eer = fig.axes
+    assert list(loss.lines[0].get_ydata()) == [3.0, 2.0]
+    assert list(acc.lines[1].get_xdata()) == [2] and list(eer.lines[0].get_ydata()) == [10.0]

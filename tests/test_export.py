@@ -21,9 +21,9 @@ def onnx_encoder(tmp_path_factory):
 def test_onnx_backend_matches_torch(encoder, onnx_encoder, clip_rows):
     assert onnx_encoder.backend == "onnx"
     paths = [r["path"] for r in clip_rows[:10]]  # short clips padded and masked, long ones windowed
-    ref = encoder.embed_files(paths, batch_size=4)
+    ref = encoder.embed_batch(paths, batch_size=4)
     for batch in (1, 4, 16):  # the graph's batch and frame axes are dynamic
-        out = onnx_encoder.embed_files(paths, batch_size=batch)
+        out = onnx_encoder.embed_batch(paths, batch_size=batch)
         assert out.dtype == np.float32 and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
         assert (np.sum(out * ref, axis=1) >= 0.9999).all()
     assert onnx_encoder.fingerprint == encoder.fingerprint
@@ -58,4 +58,4 @@ def test_cli_embed_with_the_onnx_backend(tmp_path, clip_rows, encoder, monkeypat
     monkeypatch.setenv("ASIT_EMBED_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "e.npy"
     assert cli(["embed", clip_rows[0]["path"], "--backend", "onnx", "--out", str(out)]) == 0
-    assert float(np.load(out)[0] @ encoder.embed_file(clip_rows[0]["path"])) >= 0.9999
+    assert float(np.load(out)[0] @ encoder.embed(clip_rows[0]["path"])) >= 0.9999

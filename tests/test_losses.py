@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from asit_embed.losses import AAMSoftmax, accuracy, margin_at
+from asit_embed.training.losses import AAMSoftmax, accuracy, margin_at
 
 
 def test_zero_margin_equals_scaled_cosine_softmax():

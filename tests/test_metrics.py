@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from asit_embed.metrics import eer, enrollment_split, evaluate_embeddings, min_dcf, plot_evaluation
+from asit_embed.training.metrics import eer, enrollment_split, evaluate_embeddings, min_dcf, plot_evaluation
 
 
 def brute_force_eer(tgt, non):
@@ -67,5 +67,36 @@ def test_plot_writes_png(tmp_path):
     rng = np.random.default_rng(3)
     emb = np.repeat(rng.standard_normal((3, 8)), 6, axis=0) + 0.5 * rng.standard_normal((18, 8))
     res = evaluate_embeddings(emb, [s for s in "xyz" for _ in range(6)], [f"{i:02d}" for i in range(18)], n_enroll=3)
-    plot_evaluation(res, tmp_path / "eval.png")
-    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot_evaluation(res, tmp_path / "eval.png")
+    hist, det = fig.axes
+    # The histograms hold every trial once (densities integrate to 1), the DET axis the EER point.
+    assert len(hist.patches) == 2 * 59
+    assert det.get_xlabel() == "false accept rate" and f"EER {res.eer:.2%}" in det.get_legend_handles_labels()[1]
+    assert f"{res.top1:.1%}" in fig._suptitle.get_text()
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "eval.png")
+    assert image.shape[:2] == (round(4.2 * 110), 11 * 110) and image.std() > 0.05  # drawn, not blank
+
+
+def test_word_protocol_drops_small_speakers_and_caps_probes():
+    speakers = ["a"] * 30 + ["b"] * 9 + ["c"] * 5
+    keys = [f"{s}{i:02d}" for s, i in zip(speakers, range(44))]
+    enroll, probe = enrollment_split(keys, speakers, n_enroll=3, max_probes=20, min_clips=8)
+    assert len(enroll) == 6 and {speakers[i] for i in enroll} == {"a", "b"}  # c (5 clips) is left out
+    assert sum(speakers[i] == "a" for i in probe) == 20 and sum(speakers[i] == "b" for i in probe) == 6
+
+
+def test_open_set_separates_good_from_random_embeddings():
+    rng = np.random.default_rng(0)
+    n_spk, per = 20, 12
+    speakers = [f"s{k:02d}" for k in range(n_spk) for _ in range(per)]
+    keys = [f"{i:03d}" for i in range(n_spk * per)]
+    good = np.repeat(rng.standard_normal((n_spk, 32)), per, axis=0) + 0.2 * rng.standard_normal((n_spk * per, 32))
+    res = evaluate_embeddings(good, speakers, keys, n_enroll=3, open_set=True)
+    assert res.open_set["tpir_at_fpir"] == 1.0 and res.open_set["open_set_eer"] == 0.0
+    assert res.summary()["tpir_at_fpir"] == 1.0
+    noise = rng.standard_normal((n_spk * per, 32))
+    bad = evaluate_embeddings(noise, speakers, keys, n_enroll=3, open_set=True).open_set
+    # Random vectors: at 1 % FPIR almost no genuine caller is both right and accepted; EER near chance.
+    assert bad["tpir_at_fpir"] < 0.1 and bad["open_set_eer"] > 0.3

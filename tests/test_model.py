@@ -3,11 +3,16 @@ import dataclasses
 import pytest
 import torch
 
-from asit_embed.model import ASiTEncoder, EncoderConfig, asit_small, asit_tiny, count_parameters
+from asit_embed.config import ArchitectureConfig, EncoderConfig, FrontEndConfig, InferenceConfig
+from asit_embed.model import ASiTEncoder, asit_small, asit_tiny
 
 
 def tiny(**kw):
     return asit_tiny(**{**dict(width=48, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=24), **kw})
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
 
 
 def test_presets_have_the_advertised_size():
@@ -41,9 +46,15 @@ def test_config_is_frozen_and_checked():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.width = 10
     with pytest.raises(ValueError, match="divisible"):
-        EncoderConfig(width=100, num_heads=3)
-    assert EncoderConfig(**cfg.to_dict()) == cfg  # round trip through a plain dict (lists for tuples)
-    assert EncoderConfig(**{**cfg.to_dict(), "patch_size": [16, 16], "patch_stride": [16, 16]}).patch_size == (16, 16)
+        EncoderConfig.from_dict({"width": 100, "num_heads": 3})
+    with pytest.raises(ValueError, match="exceeds n_mels"):
+        EncoderConfig.from_dict({"n_mels": 80})  # 128-high patches
+    with pytest.raises(ValueError, match="hop_frames"):
+        EncoderConfig.from_dict({"hop_frames": 300})
+    with pytest.raises(TypeError, match="unknown encoder setting"):
+        EncoderConfig.from_dict({"widht": 100})
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg  # round trip through a plain dict (lists for tuples)
+    assert EncoderConfig.from_dict({**cfg.to_dict(), "patch_size": [16, 16], "patch_stride": [16, 16]}).patch_size == (16, 16)
 
 
 def test_too_short_input_is_a_clear_error():
@@ -52,3 +63,17 @@ def test_too_short_input_is_a_clear_error():
         model(torch.randn(1, 128, 1))
     with pytest.raises(ValueError, match="mel bins"):
         model(torch.randn(1, 80, 100))
+
+
+def test_config_parts_compose_and_read_through():
+    cfg = asit_tiny(max_freq_hz=3800.0, hop_frames=200)
+    assert isinstance(cfg.front_end, FrontEndConfig) and cfg.front_end.max_freq_hz == 3800.0
+    assert isinstance(cfg.model, ArchitectureConfig) and cfg.model.width == cfg.width == 192
+    assert isinstance(cfg.inference, InferenceConfig) and cfg.hop_frames == 200
+    flat = cfg.to_dict()
+    # The checkpoint format is the flat union of the three parts, each field once.
+    names = [f.name for part in (FrontEndConfig, ArchitectureConfig, InferenceConfig) for f in dataclasses.fields(part)]
+    assert sorted(flat) == sorted(names) and len(names) == len(set(names))
+    assert cfg.replace(depth=4).depth == 4 and cfg.replace(depth=4).hop_frames == 200 and cfg.depth == 12
+    with pytest.raises(AttributeError):
+        cfg.no_such_setting

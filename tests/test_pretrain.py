@@ -8,11 +8,12 @@ import torch
 
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.model import ASiTEncoder, EncoderConfig
-from asit_embed.pretrain import (ASiTPretrainer, PretrainConfig, build_student_teacher, ema_update, plot_log,
+from asit_embed.training.pretrain import (ASiTPretrainer, PretrainConfig, build_student_teacher, ema_update, plot_log,
                                  _warn_if_uniform, pretrain)
-from asit_embed.ssl_objectives import (crop_pair, gmml_corrupt, gmml_mask, koleo_loss, mean_pairwise_cosine,
+from asit_embed.training.ssl_objectives import (crop_pair, gmml_corrupt, gmml_mask, koleo_loss, mean_pairwise_cosine,
                                        reconstruction_loss, target_entropy, teacher_log_probs)
-from asit_embed.train import TrainConfig, train
+from asit_embed.training.runs import read_log
+from asit_embed.training.train import TrainConfig, train
 
 TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,
             window_frames=100, hop_frames=50, drop_path=0.0)
@@ -81,7 +82,7 @@ def test_target_entropy_tells_uniform_and_one_hot_collapse_from_health():
 
 def test_uniform_targets_are_reported(caplog):
     cfg = PretrainConfig(data="x", global_dim=64, local_dim=32)
-    with caplog.at_level("WARNING", logger="asit_embed.pretrain"):
+    with caplog.at_level("WARNING", logger="asit_embed.training.pretrain"):
         _warn_if_uniform({"global_target_entropy": 0.99 * math.log(64), "local_target_entropy": 1.0}, cfg)
     assert len(caplog.records) == 1 and "global distillation targets are near-uniform" in caplog.text
     assert "not progress" in caplog.text
@@ -100,7 +101,7 @@ def test_reconstruction_loss_counts_only_the_corrupted_area():
 
 @pytest.mark.parametrize("patch,stride", [((128, 2), (128, 2)), ((16, 16), (16, 16)), ((16, 16), (16, 10))])
 def test_reconstruction_head_covers_the_spectrogram(patch, stride):
-    cfg = EncoderConfig(**{**TINY, "patch_size": patch, "patch_stride": stride})
+    cfg = EncoderConfig.from_dict({**TINY, "patch_size": patch, "patch_stride": stride})
     model = ASiTPretrainer(cfg, PretrainConfig(data="x", global_dim=16, local_dim=8))
     spec = torch.randn(2, 128, 100)
     recon, covered = model.reconstruct(model.tokens(spec)[:, 1:], (128, 100))
@@ -114,13 +115,16 @@ def test_short_run_lowers_every_loss_and_fine_tunes(tmp_path, clips_manifest):
                          epochs=8, batch_size=12, lr=2e-3, warmup_epochs=1, global_dim=64, local_dim=32,
                          teacher_temp_epochs=2, ema_start=0.9)
     pretrain(cfg)
-    log = [json.loads(line) for line in (tmp_path / "pt" / "log.jsonl").read_text().splitlines()]
+    log = read_log(tmp_path / "pt")
     assert len(log) == 8
     for term in ("global", "local", "recon"):
         assert min(r[term] for r in log[-3:]) < log[0][term], term
     for term, dim in (("global", 64), ("local", 32)):  # the collapse diagnostics are logged, in range
         assert all(0 <= r[f"{term}_target_entropy"] <= math.log(dim) + 1e-4 for r in log), term
-    plot_log(tmp_path / "pt" / "log.jsonl", tmp_path / "losses.png")
+    fig = plot_log(tmp_path / "pt" / "log.jsonl", tmp_path / "losses.png")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:4] == ["global loss", "local loss", "recon loss", "total loss"]
+    assert list(fig.axes[2].lines[0].get_ydata()) == [r["recon"] for r in log]  # each panel plots its term
     assert (tmp_path / "losses.png").stat().st_size > 1000
 
     pre = load_checkpoint(tmp_path / "pt" / "encoder.pt")
@@ -138,7 +142,7 @@ def test_short_run_lowers_every_loss_and_fine_tunes(tmp_path, clips_manifest):
 
 
 def test_init_with_mismatched_shapes_is_a_clear_error(tmp_path, clips_manifest):
-    other = ASiTEncoder(EncoderConfig(**{**TINY, "width": 32, "num_heads": 2}))
+    other = ASiTEncoder(EncoderConfig.from_dict({**TINY, "width": 32, "num_heads": 2}))
     save_checkpoint(tmp_path / "other.pt", other)
     ft = TrainConfig(data=str(clips_manifest), out_dir=str(tmp_path / "ft"), train_role=None, dev_role=None,
                      epochs=1, batch_size=12, init=str(tmp_path / "other.pt"), encoder={"width": 64})
@@ -191,7 +195,7 @@ def test_mean_pairwise_cosine():
 
 
 def test_teacher_is_frozen_and_deterministic():
-    cfg = EncoderConfig(**{**TINY, "drop_path": 0.5})
+    cfg = EncoderConfig.from_dict({**TINY, "drop_path": 0.5})
     student, teacher = build_student_teacher(cfg, PretrainConfig(data="x", global_dim=16, local_dim=8))
     assert student.training and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())

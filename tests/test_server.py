@@ -62,6 +62,7 @@ def test_enroll_adds_clips_and_replace_resets_them(client, clips):
     r = client.post("/speakers/carl", data={"files": [upload(a), upload(b)]})
     assert r.status_code == 201
     body = r.get_json()
+    assert list(body) == ["name", "n_clips", "seconds", "created", "updated"]
     assert body["name"] == "carl" and body["n_clips"] == 2 and body["seconds"] == pytest.approx(sa + sb, abs=0.05)
     r = client.post("/speakers/carl", data={"files": upload(c)})  # an existing name gains the clip
     assert r.status_code == 200 and r.get_json()["n_clips"] == 3
@@ -80,9 +81,10 @@ def test_identify_ranks_the_speaker_first_and_agrees_with_the_registry(client, a
     assert r.status_code == 200
     body = r.get_json()
     matches = body["matches"]
-    assert [m["name"] for m in matches][0] == "ada" and len(matches) == 2
-    assert matches[0]["score"] >= matches[1]["score"]
-    assert all(m["accepted"] == (m["score"] >= body["threshold"]) for m in matches)
+    assert list(body) == ["matches", "threshold"] and all(list(m) == ["name", "score", "accepted"] for m in matches)
+    assert [m["name"] for m in matches] == ["ada", "bob"]
+    assert matches[0]["score"] >= body["threshold"] > matches[1]["score"]
+    assert matches[0]["accepted"] is True and matches[1]["accepted"] is False  # ada accepted, bob rejected
     with SpeakerRegistry(app.extensions["enroll"].registries.path, encoder=encoder) as reg:
         direct = reg.identify(held_out, k=2)
     assert [m["name"] for m in matches] == [m.name for m in direct]
@@ -95,9 +97,10 @@ def test_verify_accepts_the_right_speaker_over_another(client, clips):
     held_out = clips[BOB][4][0]
     same = client.post("/verify/bob", data={"file": upload(held_out)}).get_json()
     other = client.post("/verify/ada", data={"file": upload(held_out)}).get_json()
+    assert list(same) == ["name", "score", "accepted", "threshold"]
     assert same["name"] == "bob" and other["name"] == "ada"
-    assert same["score"] > other["score"]
-    assert same["accepted"] == (same["score"] >= same["threshold"])
+    assert same["score"] >= same["threshold"] > other["score"]
+    assert same["accepted"] is True and other["accepted"] is False
 
 
 def test_delete_then_the_speaker_is_unknown(client, clips):

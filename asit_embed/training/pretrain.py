@@ -3,7 +3,7 @@
 Following Atito et al., "ASiT: Local-Global Audio Spectrogram vIsion Transformer for Event
 Classification" (TASLP 2024), scaled down for small CPUs:
 
-- **GMML corruption** (:func:`~asit_embed.ssl_objectives.gmml_corrupt`): 50–70 % of each crop's area is
+- **GMML corruption** (:func:`~asit_embed.training.ssl_objectives.gmml_corrupt`): 50–70 % of each crop's area is
   covered by random blocks (each up to 30 % of the height/width, not aligned to patches), filled with
   noise, zeros, or — for some samples — the same area of another clip in the batch.
 - **Reconstruction**: a linear head maps each student token back to its patch; L1 on the corrupted area only.
@@ -13,7 +13,7 @@ Classification" (TASLP 2024), scaled down for small CPUs:
 - Teacher = EMA of the student, momentum on a cosine schedule from ``ema_start`` to 1.
 - Optional **KoLeo** spread (``w_koleo``, from DINOv2) on the student's global bottleneck: on this small
   corpus the global targets otherwise go uniform within two epochs (every clip gets the same teacher output,
-  which centering flattens); `benchmarks/global_targets.py` measures it.
+  which centering flattens); `experiments/ssl/global_targets.py` measures it.
 
 Only unlabelled audio is used; the result is an encoder checkpoint that ``asit-embed train --init`` fine-tunes.
 """
@@ -28,40 +28,40 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from asit_embed.checkpoint import save_checkpoint
-from asit_embed.data import load_items, load_waveforms
-from asit_embed.features import fbank, normalize, samples_for_frames
+from asit_embed.training.data import load_sources, load_waveforms
+from asit_embed.features import features, samples_for_frames
 from asit_embed.model import ASiTEncoder, EncoderConfig
-from asit_embed.ssl_objectives import (crop_pair, distill_loss, gmml_corrupt, gmml_mask, koleo_loss,
+from asit_embed.training.ssl_objectives import (crop_pair, distill_loss, gmml_corrupt, gmml_mask, koleo_loss,
                                        mean_pairwise_cosine, reconstruction_loss, target_entropy,
                                        teacher_log_probs)
-from asit_embed.train import _out_of_time, _seed_all, budget_spent, feature_stats
+from asit_embed.training.train import feature_stats
+from asit_embed.training.runs import Budget, LoopConfig, RunFolder, cosine, lr_at, read_log, seed_all
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "asit-embed/pretrain-state"
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    data: str
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(LoopConfig):
+    data: str | tuple[str, ...]      # manifest .csv, folder or archive; or several (labels are unused)
     out_dir: str = "runs/pretrain"
     role: str | None = "train"
     encoder: dict = field(default_factory=dict)
+    # a longer, gentler schedule than supervised training (ASiT / DINO)
     epochs: int = 100
-    batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 1e-6
     warmup_epochs: int = 10
+    # weight decay rises on a cosine from weight_decay to weight_decay_end
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
-    grad_clip: float = 3.0
     # GMML
     mask_ratio: tuple[float, float] = (0.5, 0.7)
     max_block: float = 0.3
@@ -81,11 +81,10 @@ class PretrainConfig:
     w_global: float = 1.0
     w_local: float = 1.0
     w_recon: float = 2.0
-    seed: int = 0
-    max_minutes: float | None = None
-    progress: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, list):
+            object.__setattr__(self, "data", tuple(self.data))
         object.__setattr__(self, "mask_ratio", tuple(self.mask_ratio))
         lo, hi = self.mask_ratio
         if not 0 < lo <= hi < 1:
@@ -165,43 +164,35 @@ def build_student_teacher(enc_cfg: EncoderConfig, cfg: PretrainConfig) -> tuple[
     return student, teacher
 
 
-def _cosine(start: float, end: float, t: float) -> float:
-    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(1.0, max(0.0, t))))
-
-
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
     """Pretrain; writes ``config.json``, ``log.jsonl``, ``last.pt`` (resumable) and ``encoder.pt`` into
     ``cfg.out_dir``. Returns the last log record."""
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    items = load_items(cfg.data, role=cfg.role, workdir=out)
-    state_path = out / "last.pt"
-    state = None
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{state_path} is not a pretraining state")
-        enc_cfg = EncoderConfig(**state["encoder_config"])
+    run = RunFolder(cfg.out_dir, STATE_FORMAT)
+    items = load_sources(cfg.data, role=cfg.role, workdir=run.path)
+    state = run.load_state() if resume else None
+    if state is not None:
+        enc_cfg = EncoderConfig.from_dict(state["encoder_config"])
     else:
-        enc_cfg = EncoderConfig(**cfg.encoder)
+        enc_cfg = EncoderConfig.from_dict(cfg.encoder)
         mean, std = feature_stats(items, enc_cfg)
-        enc_cfg = dataclasses.replace(enc_cfg, feat_mean=mean, feat_std=std)
-    _seed_all(cfg.seed)
+        enc_cfg = enc_cfg.replace(feat_mean=mean, feat_std=std)
+    seed_all(cfg.seed)
     student, teacher = build_student_teacher(enc_cfg, cfg)
     centers = {"global": torch.zeros(cfg.global_dim), "local": torch.zeros(cfg.local_dim)}
     decay = [p for n, p in student.named_parameters() if p.ndim > 1 and not n.endswith(("cls_token", "pos_embed"))]
     no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and not n.endswith(("cls_token", "pos_embed")))]
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    start_epoch, elapsed = 0, 0.0
+    start_epoch = 0
+    budget = Budget(cfg.max_minutes, state["elapsed"] if state else 0.0)
     if state is not None:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         opt.load_state_dict(state["optimizer"])
         centers = state["centers"]
-        start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
-    (out / "config.json").write_text(json.dumps({"pretrain": cfg.to_dict(), "encoder": enc_cfg.to_dict()}, indent=2))
+        start_epoch = state["epoch"] + 1
+    run.write_config({"pretrain": cfg.to_dict(), "encoder": enc_cfg.to_dict()})
 
-    crop = samples_for_frames(enc_cfg.crop_frames, enc_cfg)
+    crop = samples_for_frames(enc_cfg.crop_frames, enc_cfg.front_end)
     waves = [torch.from_numpy(w) for w in load_waveforms(items, enc_cfg.sample_rate)]
     steps = len(waves) // cfg.batch_size
     if steps == 0:
@@ -213,14 +204,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
     def views(idx: list[int]) -> torch.Tensor:
         """Two crops of each clip, all first views then all second views: ``(2B, n_mels, frames)``."""
         pairs = [crop_pair(waves[i], crop, max_shift) for i in idx]
-        return torch.stack([normalize(fbank(w, enc_cfg), enc_cfg).T for view in zip(*pairs) for w in view])
+        return torch.stack([features(w, enc_cfg.front_end).T for view in zip(*pairs) for w in view])
 
-    t_run, record = time.monotonic(), {}
-    if state is not None and budget_spent(elapsed, cfg.max_minutes):
+    record = {}
+    if state is not None and budget.spent():
         start_epoch = cfg.epochs
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
-        _seed_all(cfg.seed * 100003 + epoch)
+        seed_all(cfg.seed * 100003 + epoch)
         perm = torch.randperm(len(waves)).tolist()
         t_t = cfg.teacher_temp_end if epoch >= cfg.teacher_temp_epochs else (
             cfg.teacher_temp + (cfg.teacher_temp_end - cfg.teacher_temp) * epoch / max(1, cfg.teacher_temp_epochs))
@@ -234,10 +225,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
         student.train()
         for step in it:
             g = epoch * steps + step
-            lr = cfg.lr * (g + 1) / (cfg.warmup_epochs * steps) if g < cfg.warmup_epochs * steps else \
-                _cosine(cfg.lr, cfg.min_lr, (g - cfg.warmup_epochs * steps) / max(1, total - cfg.warmup_epochs * steps))
+            lr = lr_at(g, total, cfg.warmup_epochs * steps, cfg.lr, cfg.min_lr)
             opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
-            opt.param_groups[0]["weight_decay"] = _cosine(cfg.weight_decay_end, cfg.weight_decay, 1 - g / total)
+            opt.param_groups[0]["weight_decay"] = cosine(cfg.weight_decay_end, cfg.weight_decay, 1 - g / total)
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             clean = views(idx)
             mask = gmml_mask(tuple(clean.shape), ratio=cfg.mask_ratio, max_block=cfg.max_block)
@@ -276,29 +266,25 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
             opt.step()
-            momentum = _cosine(cfg.ema_start, 1.0, g / total)
+            momentum = cosine(cfg.ema_start, 1.0, g / total)
             ema_update(teacher, student, momentum)
             for k, v in losses.items():
                 sums[k] += float(v.detach())
             sums["total"] += float(loss.detach())
-        elapsed_now = elapsed + time.monotonic() - t_run
         record = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items() if k in losses or k == "total"},
                   **{k: round(v / steps, 4) for k, v in diagnostics.items()},
                   "lr": lr, "teacher_temp": t_t, "ema": momentum,
-                  "epoch_seconds": round(time.monotonic() - t0, 1), "wall_seconds": round(elapsed_now, 1)}
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+                  "epoch_seconds": round(time.monotonic() - t0, 1), "wall_seconds": round(budget.elapsed(), 1)}
+        run.append_log(record)
         log.info("pretrain epoch %s", json.dumps(record))
         _warn_if_uniform(record, cfg)
-        torch.save({"format": STATE_FORMAT, "epoch": epoch, "student": student.state_dict(),
-                    "teacher": teacher.state_dict(), "optimizer": opt.state_dict(), "centers": centers,
-                    "elapsed": elapsed_now, "encoder_config": enc_cfg.to_dict()}, out / "last.pt.tmp")
-        os.replace(out / "last.pt.tmp", state_path)
+        run.save_state({"epoch": epoch, "student": student.state_dict(), "teacher": teacher.state_dict(),
+                        "optimizer": opt.state_dict(), "centers": centers, "elapsed": budget.elapsed(),
+                        "encoder_config": enc_cfg.to_dict()})
         # The teacher's encoder is the smoother of the two (as in DINO / ASiT); it is what fine-tuning starts from.
-        save_checkpoint(out / "encoder.pt", teacher.encoder,
+        save_checkpoint(run.path / "encoder.pt", teacher.encoder,
                         metadata={"pretrain": {**cfg.to_dict(), "epochs_done": epoch + 1}})
-        if cfg.max_minutes is not None and _out_of_time(t_run - elapsed, t0, cfg.max_minutes, 1, "cpu"):
-            log.info("stopping after epoch %d: wall-clock budget of %s min reached", epoch + 1, cfg.max_minutes)
+        if budget.no_room_for(t0):
             break
     return record
 
@@ -320,14 +306,14 @@ def _warn_if_uniform(record: dict, cfg: PretrainConfig) -> None:
                         term, h, math.log(dim))
 
 
-def plot_log(log_path: str | os.PathLike, out: str | os.PathLike) -> None:
-    """One panel per loss term of a pretraining ``log.jsonl``."""
+def plot_log(log_path: str | os.PathLike, out: str | os.PathLike):
+    """One panel per loss term of a pretraining ``log.jsonl``; returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+    records = read_log(log_path)
     terms = [k for k in ("global", "local", "recon", "koleo", "total", "global_target_entropy", "local_target_entropy")
              if k in records[0]]
     fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3.2), squeeze=False)
@@ -339,3 +325,4 @@ def plot_log(log_path: str | os.PathLike, out: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+    return fig

@@ -1,8 +1,16 @@
-"""The unseen-speaker evaluation protocol: enrollment templates, top-1 identification, EER, minDCF.
+"""The unseen-speaker evaluation protocol: enrollment templates, top-1 identification, EER, minDCF, and
+open-set identification (TPIR at a false-positive identification rate).
 
 Protocol: per speaker, clips sorted by path; the first ``n_enroll`` enroll as the renormalised mean of
-their unit embeddings, the rest are probes scored by cosine against every enrolled speaker. Target trials
-pair a probe with its own speaker, non-target trials with every other one.
+their unit embeddings, the rest (at most ``max_probes``) are probes scored by cosine against every enrolled
+speaker; speakers with fewer than ``min_clips`` clips are left out. Target trials pair a probe with its own
+speaker, non-target trials with every other one. :data:`PROTOCOLS` names the settings of each dev set.
+
+Open set: the speakers are split in two halves at random; one half is enrolled, the other half's probes
+play unknown callers. The threshold is the score that lets ``fpir`` of the unknown callers through (their
+best score against the enrolled half); TPIR is the share of enrolled speakers' probes answered with the
+right name above it. Open-set EER is where the miss rate (wrong name or rejected) equals FPIR. Both
+are averaged over ``splits`` random halvings.
 """
 
 from __future__ import annotations
@@ -38,6 +46,14 @@ def min_dcf(target_scores: np.ndarray, nontarget_scores: np.ndarray, *, p_target
     return float(raw) / min(c_miss * p_target, c_fa * (1 - p_target)), float(threshold)
 
 
+# The dev sets' protocols. speechocean762: 20 read sentences per speaker. The one-second word corpora
+# (speech-commands-test, arabic-speech-commands): speakers with at least 8 words, 3 enroll, up to 20 probes.
+PROTOCOLS = {
+    "speechocean762": {"n_enroll": 5, "max_probes": None, "min_clips": None},
+    "words": {"n_enroll": 3, "max_probes": 20, "min_clips": 8},
+}
+
+
 @dataclass(frozen=True)
 class EvalResult:
     top1: float
@@ -49,18 +65,20 @@ class EvalResult:
     n_probes: int
     target_scores: np.ndarray
     nontarget_scores: np.ndarray
+    open_set: dict | None = None   # open_set_eer, tpir_at_fpir (see :func:`open_set_identification`)
 
     def summary(self) -> dict:
         """JSON-ready scalars (rates as fractions)."""
         return {"top1": round(self.top1, 4), "eer": round(self.eer, 4), "eer_threshold": round(self.eer_threshold, 4),
-                "min_dcf": round(self.min_dcf, 4), "n_speakers": self.n_speakers, "n_enroll": self.n_enroll,
-                "n_probes": self.n_probes, "n_target_trials": int(self.target_scores.size),
+                "min_dcf": round(self.min_dcf, 4), **(self.open_set or {}), "n_speakers": self.n_speakers,
+                "n_enroll": self.n_enroll, "n_probes": self.n_probes, "n_target_trials": int(self.target_scores.size),
                 "n_nontarget_trials": int(self.nontarget_scores.size)}
 
 
-def enrollment_split(keys: Sequence[str], speakers: Sequence[str], *, n_enroll: int = 5
-                     ) -> tuple[list[int], list[int]]:
-    """Indices ``(enroll, probe)``: per speaker, its items sorted by key, the first ``n_enroll`` enroll."""
+def enrollment_split(keys: Sequence[str], speakers: Sequence[str], *, n_enroll: int = 5,
+                     max_probes: int | None = None, min_clips: int | None = None) -> tuple[list[int], list[int]]:
+    """Indices ``(enroll, probe)``: per speaker, its items sorted by key, the first ``n_enroll`` enroll and at
+    most ``max_probes`` of the rest are probes; speakers with fewer than ``min_clips`` clips are left out."""
     if len(keys) != len(speakers):
         raise ValueError(f"{len(keys)} keys but {len(speakers)} speaker labels")
     by_speaker: dict[str, list[int]] = {}
@@ -69,20 +87,67 @@ def enrollment_split(keys: Sequence[str], speakers: Sequence[str], *, n_enroll: 
     enroll, probe = [], []
     for s in sorted(by_speaker):
         idx = sorted(by_speaker[s], key=lambda i: keys[i])
+        if min_clips is not None and len(idx) < min_clips:
+            continue
         if len(idx) <= n_enroll:
             raise ValueError(f"speaker {s!r} has {len(idx)} clips; more than n_enroll={n_enroll} are needed")
         enroll += idx[:n_enroll]
-        probe += idx[n_enroll:]
+        probe += idx[n_enroll:][:max_probes]
     return enroll, probe
 
 
+def _templates(x: np.ndarray, speakers: Sequence[str], enroll: Sequence[int], names: list[str]) -> np.ndarray:
+    label = {s: i for i, s in enumerate(names)}
+    templates = np.zeros((len(names), x.shape[1]))
+    for i in enroll:
+        templates[label[speakers[i]]] += x[i]
+    return templates / np.linalg.norm(templates, axis=1, keepdims=True)
+
+
+def open_set_identification(x: np.ndarray, speakers: Sequence[str], enroll: Sequence[int], probe: Sequence[int], *,
+                            fpir: float = 0.01, splits: int = 20, seed: int = 0) -> dict:
+    """Open-set identification over random halvings of the speakers (see the module docstring).
+
+    Args:
+        x: ``(n, dim)`` unit embeddings; enroll, probe: indices from :func:`enrollment_split`.
+
+    Returns:
+        ``{"open_set_eer", "tpir_at_fpir", "fpir", "open_set_splits"}`` (rates as fractions, means over splits).
+    """
+    names = sorted({speakers[i] for i in enroll})
+    rng = np.random.default_rng(seed)
+    eers, tpirs = [], []
+    for _ in range(splits):
+        known = set(rng.permutation(names)[: len(names) // 2].tolist())
+        known_names = sorted(known)
+        templates = _templates(x, speakers, [i for i in enroll if speakers[i] in known], known_names)
+        genuine = [i for i in probe if speakers[i] in known]
+        strangers = [i for i in probe if speakers[i] not in known]
+        g_scores, s_best = x[genuine] @ templates.T, (x[strangers] @ templates.T).max(1)
+        right = np.array(known_names)[g_scores.argmax(1)] == np.array([speakers[i] for i in genuine])
+        g_best = np.where(right, g_scores.max(1), -np.inf)  # a wrong name is a miss at any threshold
+        threshold = np.quantile(s_best, 1 - fpir, method="higher")
+        tpirs.append(float((g_best > threshold).mean()))
+        # Open-set EER: the threshold where FNIR (miss or wrong name) meets FPIR, on the pooled score sets.
+        grid = np.unique(np.r_[s_best, g_best[np.isfinite(g_best)]])
+        fnir = np.array([(g_best < t).mean() for t in grid])
+        fp = np.array([(s_best >= t).mean() for t in grid])
+        k = int(np.argmin(np.abs(fnir - fp)))
+        eers.append(float((fnir[k] + fp[k]) / 2))
+    return {"open_set_eer": round(float(np.mean(eers)), 4), "tpir_at_fpir": round(float(np.mean(tpirs)), 4),
+            "fpir": fpir, "open_set_splits": splits}
+
+
 def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: Sequence[str], *,
-                        n_enroll: int = 5) -> EvalResult:
+                        n_enroll: int = 5, max_probes: int | None = None, min_clips: int | None = None,
+                        open_set: bool = False) -> EvalResult:
     """Score the protocol on precomputed embeddings.
 
     Args:
         embeddings: ``(n, dim)`` float, one row per clip (normalised here).
         speakers: ``n`` speaker labels; keys: ``n`` clip identifiers (paths) that fix the enrollment order.
+        n_enroll, max_probes, min_clips: the protocol (see :data:`PROTOCOLS`).
+        open_set: also measure open-set identification (:func:`open_set_identification`; needs 4+ speakers).
 
     >>> rng = np.random.default_rng(0)
     >>> centres = rng.standard_normal((3, 16))
@@ -96,16 +161,13 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
         raise ValueError(f"embeddings of shape {x.shape} do not match {len(speakers)} speaker labels")
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or Inf")
-    names = sorted(set(speakers))
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    enroll, probe = enrollment_split(keys, speakers, n_enroll=n_enroll, max_probes=max_probes, min_clips=min_clips)
+    names = sorted({speakers[i] for i in enroll})
     if len(names) < 2:
         raise ValueError(f"at least 2 speakers are needed, got {names}")
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    enroll, probe = enrollment_split(keys, speakers, n_enroll=n_enroll)
     label = {s: i for i, s in enumerate(names)}
-    templates = np.zeros((len(names), x.shape[1]))
-    for i in enroll:
-        templates[label[speakers[i]]] += x[i]
-    templates /= np.linalg.norm(templates, axis=1, keepdims=True)
+    templates = _templates(x, speakers, enroll, names)
     scores = x[probe] @ templates.T                        # (probes, speakers)
     truth = np.array([label[speakers[i]] for i in probe])
     rows = np.arange(len(probe))
@@ -114,11 +176,15 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
     e, threshold = eer(target, nontarget)
     return EvalResult(top1=float((scores.argmax(1) == truth).mean()), eer=e, eer_threshold=threshold,
                       min_dcf=min_dcf(target, nontarget)[0], n_speakers=len(names), n_enroll=n_enroll,
-                      n_probes=len(probe), target_scores=target, nontarget_scores=nontarget)
+                      n_probes=len(probe), target_scores=target, nontarget_scores=nontarget,
+                      open_set=open_set_identification(x, speakers, enroll, probe) if open_set else None)
 
 
-def plot_evaluation(result: EvalResult, path, *, title: str = "") -> None:
-    """PNG with the target / non-target score histograms and the DET curve, EER marked on both."""
+def plot_evaluation(result: EvalResult, path, *, title: str = ""):
+    """PNG with the target / non-target score histograms and the DET curve, EER marked on both.
+
+    Returns the (closed) matplotlib figure, for callers that want to inspect or restyle it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,3 +216,4 @@ def plot_evaluation(result: EvalResult, path, *, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig

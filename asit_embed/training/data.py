@@ -1,13 +1,19 @@
-"""Speech datasets: a manifest CSV, a folder per speaker, or an archive of either.
+"""Speech datasets: a manifest CSV, a folder per speaker, or an archive of either; one or several corpora.
 
 A manifest has columns ``path,speaker[,role,...]`` with paths relative to the manifest's folder (the layout
 of ``speechocean762/manifest.csv``). A folder tree has one sub-folder per speaker holding audio files.
+Several datasets train together through :func:`load_sources`, which prefixes each speaker id with its corpus
+so ids stay unique; :class:`CropDataset` builds crops longer than a corpus's clips by concatenating clips of
+the same speaker, can turn speed-perturbed copies into new speakers, and :func:`corpus_weights` keeps a small
+corpus from being drowned out by a large one.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
+import math
 import os
 import tarfile
 import zipfile
@@ -17,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
 
-from asit_embed.audio import load_audio
+from asit_embed.audio import AUDIO_SUFFIXES, load_audio
 
 log = logging.getLogger(__name__)
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Item:
     path: str
     speaker: str
     role: str = ""
+    corpus: str = ""
 
 
 def read_manifest(path: str | os.PathLike, *, role: str | None = None) -> list[Item]:
@@ -103,6 +109,49 @@ def load_items(source: str | os.PathLike, *, role: str | None = None, workdir: s
     return scan_folder(tops[0] if len(tops) == 1 and not any(p.is_file() for p in tops[0].iterdir()) else root)
 
 
+def corpus_name(source: str | os.PathLike) -> str:
+    """A dataset's name: the folder of a manifest, the folder itself, or an archive's stem."""
+    source = Path(source)
+    return source.parent.name if source.suffix.lower() == ".csv" else source.name.split(".")[0]
+
+
+def load_sources(sources: str | os.PathLike | Sequence[str | os.PathLike], *, role: str | None = None,
+                 workdir: str | os.PathLike | None = None) -> list[Item]:
+    """Items of one dataset, or of several with speaker ids made unique as ``<corpus>/<speaker>``.
+
+    Every item carries its corpus name (see :func:`corpus_name`), also for a single source.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    names = [corpus_name(s) for s in sources]
+    if len(set(names)) < len(names):
+        raise ValueError(f"datasets must have distinct names to keep speakers apart, got {names}")
+    if len(sources) == 1:
+        return [dataclasses.replace(it, corpus=names[0]) for it in load_items(sources[0], role=role, workdir=workdir)]
+    items = [Item(it.path, f"{name}/{it.speaker}", it.role, name)
+             for source, name in zip(sources, names) for it in load_items(source, workdir=workdir)
+             if role is None or it.role == role]
+    if not items:
+        raise ValueError(f"none of the datasets {names} has rows with role {role!r}")
+    return items
+
+
+def corpus_weights(items: Sequence[Item]) -> torch.Tensor:
+    """``(len(items),)`` sampling weights giving each corpus a share proportional to its number of speakers.
+
+    Within a corpus every clip is equally likely. A corpus of many short clips from few speakers (40 words ×
+    5 repetitions × 30 speakers) would otherwise dominate one with 20 sentences from each of 100 speakers;
+    weighting by speakers gives every training speaker about the same exposure, whichever corpus it is in.
+    """
+    clips: dict[str, int] = {}
+    speakers: dict[str, set] = {}
+    for it in items:
+        clips[it.corpus] = clips.get(it.corpus, 0) + 1
+        speakers.setdefault(it.corpus, set()).add(it.speaker)
+    total = sum(len(s) for s in speakers.values())
+    return torch.tensor([len(speakers[it.corpus]) / total / clips[it.corpus] for it in items], dtype=torch.float64)
+
+
 class SpeakerLabels:
     """Speaker name <-> class index, sorted by name; saved with the model as a plain list."""
 
@@ -120,21 +169,56 @@ class SpeakerLabels:
 class CropDataset(torch.utils.data.Dataset):
     """Labelled clips held in memory; each access returns a random fixed-length crop.
 
-    Clips shorter than the crop are repeated to fill it. Crops draw from torch's global RNG, so a seeded
-    epoch is reproducible.
+    A clip shorter than the crop is followed by other clips of the same speaker, in random order, until the
+    crop fits (a speaker with a single clip has it repeated). With ``speed_factors`` (e.g. ``(0.9, 1.1)``)
+    the dataset also holds each clip played at those speeds as clips of *new* speakers (the WeSpeaker
+    recipe: a voice sped up 10 % is a different voice): index ``i + k * len(items)`` is clip ``i`` at
+    ``speed_factors[k - 1]``, labelled ``label + k * num_speakers``. Crops draw from torch's global RNG, so a
+    seeded epoch is reproducible.
     """
 
-    def __init__(self, items: Sequence[Item], labels: SpeakerLabels, *, crop_samples: int, sample_rate: int):
+    def __init__(self, items: Sequence[Item], labels: SpeakerLabels, *, crop_samples: int, sample_rate: int,
+                 speed_factors: Sequence[float] = ()):
         self.items = list(items)
         self.crop = crop_samples
-        self.labels = torch.tensor([labels[it.speaker] for it in self.items])
+        self.sample_rate = sample_rate
+        self.speed_factors = tuple(speed_factors)
+        self.num_speakers = len(labels) * (1 + len(self.speed_factors))
+        base = torch.tensor([labels[it.speaker] for it in self.items])
+        self.labels = torch.cat([base + k * len(labels) for k in range(1 + len(self.speed_factors))])
         self.waves = [torch.from_numpy(load_audio(it.path, sample_rate=sample_rate)) for it in self.items]
+        self.by_speaker: dict[int, list[int]] = {}
+        for i, label in enumerate(base.tolist()):
+            self.by_speaker.setdefault(label, []).append(i)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return random_crop(self.waves[i], self.crop), int(self.labels[i])
+        clip, k = i % len(self.items), i // len(self.items)
+        speed = self.speed_factors[k - 1] if k else 1.0
+        # A crop played at ``speed`` needs ``speed`` times as many source samples (+ a few for the filter).
+        need = self.crop if k == 0 else math.ceil(self.crop * speed) + 64
+        wave = random_crop(self.speaker_run(clip, need), need)
+        if k:
+            rate = round(self.sample_rate * speed)
+            wave = AF.resample(wave, orig_freq=rate, new_freq=self.sample_rate)[: self.crop]
+        return wave, int(self.labels[i])
+
+    def speaker_run(self, clip: int, n: int) -> torch.Tensor:
+        """Clip ``clip``, then other clips of its speaker in random order, until at least ``n`` samples."""
+        wave = self.waves[clip]
+        if wave.shape[0] >= n:
+            return wave
+        same = self.by_speaker[int(self.labels[clip])]
+        parts, total = [wave], wave.shape[0]
+        while total < n:
+            j = same[int(torch.randint(len(same), ()))] if len(same) > 1 else clip
+            if j == clip and len(same) > 1:
+                continue
+            parts.append(self.waves[j])
+            total += self.waves[j].shape[0]
+        return torch.cat(parts)
 
 
 def random_crop(wave: torch.Tensor, n: int) -> torch.Tensor:
@@ -143,15 +227,6 @@ def random_crop(wave: torch.Tensor, n: int) -> torch.Tensor:
         wave = wave.repeat(n // wave.shape[0] + 1)
     start = int(torch.randint(0, wave.shape[0] - n + 1, ()))
     return wave[start:start + n]
-
-
-def pad_collate(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad 1-D tensors to ``(batch, max_len)``; returns it with the ``(batch,)`` int64 lengths."""
-    lengths = torch.tensor([w.shape[0] for w in waves])
-    out = torch.zeros(len(waves), int(lengths.max()), dtype=waves[0].dtype)
-    for i, w in enumerate(waves):
-        out[i, : w.shape[0]] = w
-    return out, lengths
 
 
 def load_waveforms(items: Sequence[Item], sample_rate: int) -> list[np.ndarray]:

@@ -1,5 +1,5 @@
 """The pieces of the ASiT pretraining objective, as pure functions: GMML corruption, paired crops, the
-reconstruction / distillation / KoLeo losses, and the collapse diagnostics. :mod:`asit_embed.pretrain` puts
+reconstruction / distillation / KoLeo losses, and the collapse diagnostics. :mod:`asit_embed.training.pretrain` puts
 them together into the training loop."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What does pretraining alone teach about speakers? Frozen-encoder probe of each ablation arm, no fine-tuning.
 
-    python benchmarks/ssl_probe.py [--arms-dir runs/ssl_ablation]
+    python experiments/ssl/ssl_probe.py [--arms-dir runs/ssl_ablation] [--seed 0]
 
-For every ``ARM/pretrain/encoder.pt`` that ``benchmarks/ssl_ablation.py`` left (and for a randomly
+For every ``ARM/pretrain/encoder.pt`` that ``experiments/ssl/ssl_ablation.py`` left (and for a randomly
 initialised encoder of the same architecture), each dev clip is embedded whole by the frozen encoder in
 two ways, and scored on the usual unseen-speaker protocol (25 dev speakers, 5 enrollment clips each):
 
@@ -11,27 +11,24 @@ two ways, and scored on the usual unseen-speaker protocol (25 dev speakers, 5 en
   reconstruction terms train).
 
 No labels touch the encoder here, so this isolates what pretraining learned. Writes
-`benchmarks/results/ssl_probe.json` and prints the table.
+`experiments/ssl/results/ssl_probe.json` and prints the table.
 """
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, require  # noqa: E402
+from common import parser, write_result
 
-from asit_embed.audio import load_audio  # noqa: E402
-from asit_embed.checkpoint import load_checkpoint  # noqa: E402
-from asit_embed.data import load_items  # noqa: E402
-from asit_embed.features import features  # noqa: E402
-from asit_embed.metrics import evaluate_embeddings  # noqa: E402
-from asit_embed.model import ASiTEncoder  # noqa: E402
-from asit_embed.train import _seed_all  # noqa: E402
+from asit_embed.audio import load_audio
+from asit_embed.checkpoint import load_checkpoint
+from asit_embed.features import features
+from asit_embed.model import ASiTEncoder
+from asit_embed.training.data import load_items
+from asit_embed.training.metrics import evaluate_embeddings
+from asit_embed.training.runs import seed_all
 
 
 @torch.no_grad()
@@ -40,7 +37,7 @@ def probe(encoder: ASiTEncoder, items) -> dict:
     cls, tok = [], []
     for it in items:
         wave = torch.from_numpy(load_audio(it.path, sample_rate=encoder.config.sample_rate))
-        tokens = encoder.forward_features(features(wave, encoder.config).T[None])[0][0]
+        tokens = encoder.forward_features(features(wave, encoder.config.front_end).T[None])[0][0]
         cls.append(tokens[0].numpy())
         patches = tokens[1:]
         tok.append(torch.cat([patches.mean(0), patches.std(0)]).numpy())
@@ -53,18 +50,17 @@ def probe(encoder: ASiTEncoder, items) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
+    p = parser(__doc__)
     p.add_argument("--arms-dir", type=Path, default=Path("runs/ssl_ablation"))
     args = p.parse_args()
-    items = load_items(require(args.manifest), role="dev")
+    items = load_items(args.manifest, role="dev")
     encoders = sorted(args.arms_dir.glob("*/pretrain/encoder.pt"))
     if not encoders:
-        print(f"no {args.arms_dir}/*/pretrain/encoder.pt: run benchmarks/ssl_ablation.py first", file=sys.stderr)
+        print(f"no {args.arms_dir}/*/pretrain/encoder.pt: run experiments/ssl/ssl_ablation.py first", file=sys.stderr)
         return 2
     rows = []
     first = load_checkpoint(encoders[0])
-    _seed_all(0)  # a random initialisation of the same architecture and feature statistics
+    seed_all(args.seed)  # a random initialisation of the same architecture and feature statistics
     rows.append({"arm": "random_init", **probe(ASiTEncoder(first.config), items)})
     for path in encoders:
         ck = load_checkpoint(path)
@@ -74,8 +70,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['arm']:<32} {r['cls']['dev_eer']:8.2%} {r['cls']['dev_top1']:10.1%} "
               f"{r['tokens']['dev_eer']:11.2%} {r['tokens']['dev_top1']:13.1%}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ssl_probe.json").write_text(json.dumps({"encoders": rows}, indent=2) + "\n")
+    write_result("ssl_probe.json", {"encoders": rows})
     return 0
 
 

@@ -1,8 +1,8 @@
 """Pretraining at the shipped model's training budget: does ASiT pretraining beat training from scratch?
 
-    python benchmarks/ssl_full_budget.py [--minutes 89] [--out runs/ssl_full_budget] [--baseline SCRATCH.pt]
+    python experiments/ssl/ssl_full_budget.py [--minutes 89] [--out runs/ssl_full_budget] [--baseline SCRATCH.pt]
 
-`benchmarks/ssl_ablation.py` compares arms after 8 fine-tuning epochs. This script gives the best of them,
+`experiments/ssl/ssl_ablation.py` compares arms after 8 fine-tuning epochs. This script gives the best of them,
 (d15) (15 epochs of GMML + local–global pretraining with KoLeo, on `role=train` audio without labels), the
 same training budget as the from-scratch model that was the bundled default until the pretrained one
 replaced it: 89 minutes of supervised training on the same 100 training speakers (the from-scratch model
@@ -17,10 +17,9 @@ each; what ``asit-embed evaluate`` does). The from-scratch baseline is read from
 bundled default at ``SCRATCH_REV``) unless ``--baseline`` names a checkpoint. Resumable: pretraining
 and fine-tuning resume from their folders, and a finished run is read back (the budget counts earlier
 runs). Run it on an otherwise idle machine: the budget is wall time. Writes
-`benchmarks/results/ssl_full_budget.json` and prints the comparison.
+`experiments/ssl/results/ssl_full_budget.json` and prints the comparison.
 """
 
-import argparse
 import json
 import subprocess
 import sys
@@ -28,16 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, read_log, require  # noqa: E402
-from ssl_ablation import ARMS, pretrain_arm  # noqa: E402
+from common import ARMS, REPO, parser, pretrain_arm, write_result
 
-from asit_embed.checkpoint import load_checkpoint  # noqa: E402
-from asit_embed.cli import main as cli  # noqa: E402
+from asit_embed.checkpoint import load_checkpoint
+from asit_embed.cli import main as cli
+from asit_embed.training.runs import read_log
 
 ARM = "d15_gmml_local_global_koleo"
 SCRATCH_REV = "6d6bec7423248455d38c36c082c4ab4bf05e57ea"  # the last from-scratch bundled default was committed here
-REPO = Path(__file__).resolve().parents[1]
 
 
 def scratch_checkpoint(workdir: Path) -> Path:
@@ -61,24 +58,21 @@ def score(checkpoint: Path, manifest: Path, workdir: Path) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
+    p = parser(__doc__, out="runs/ssl_full_budget")
     p.add_argument("--minutes", type=float, default=89.0, help="fine-tuning wall-clock budget")
-    p.add_argument("--out", type=Path, default=Path("runs/ssl_full_budget"))
     p.add_argument("--pretrained-dir", type=Path, default=Path("runs/ssl_ablation") / ARM,
                    help="where (d15)'s pretraining lives or goes (shared with ssl_ablation.py)")
     p.add_argument("--baseline", type=Path, help="the from-scratch checkpoint (default: read from git history)")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    manifest = require(args.manifest)
+    manifest = args.manifest
 
     t0 = time.monotonic()
     encoder_pt = pretrain_arm(ARMS[ARM], args.pretrained_dir, args.seed, manifest)
-    pre_log = read_log(args.pretrained_dir / "pretrain" / "log.jsonl")
+    pre_log = read_log(args.pretrained_dir / "pretrain")
     cli(["train", "--data", str(manifest), "--out", str(args.out), "--init", str(encoder_pt), "--max-freq-hz", "3800",
          "--epochs", "90", "--batch-size", "32", "--lr", "1e-3", "--eval-every", "3",
          "--max-minutes", str(args.minutes), "--seed", str(args.seed), "--resume"])
-    log = read_log(args.out / "log.jsonl")
+    log = read_log(args.out)
     best = load_checkpoint(args.out / "best.pt").metadata["dev"]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,8 +99,7 @@ def main() -> int:
           f"{pre['finetune_epochs']} training epochs ({pre['finetune_minutes']} min), "
           f"best at epoch {pre['best_epoch']}")
     print(f"relative EER reduction from pretraining: {result['relative_eer_reduction']:.1%}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ssl_full_budget.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("ssl_full_budget.json", result)
     return 0
 
 

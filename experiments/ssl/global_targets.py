@@ -1,6 +1,6 @@
 """Do the global (CLS) distillation targets stay informative? Short pretraining runs, one per setting.
 
-    python benchmarks/global_targets.py [--variants NAME ...] [--epochs 3] [--out runs/global_targets]
+    python experiments/ssl/global_targets.py [--variants NAME ...] [--epochs 3] [--out runs/global_targets]
 
 Each variant pretrains the tiny encoder for ``--epochs`` epochs (1 warm-up) on every third `role=train` clip
 (667 clips, labels unused) and reads, per epoch, the teacher's global targets from the pretraining log:
@@ -12,20 +12,18 @@ Each variant pretrains the tiny encoder for ``--epochs`` epochs (1 warm-up) on e
 - ``cos``: mean pairwise cosine of the teacher's CLS between clips.
 
 Uniform collapse shows as H(target) → log K (6.93 nats for K = 1024) with I → 0. Writes
-`benchmarks/results/global_targets.json` (merged with earlier variants) and prints the table. Resumable.
+`experiments/ssl/results/global_targets.json` (merged with earlier variants) and prints the table. Resumable.
 """
 
-import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, previous_rows, read_log, require  # noqa: E402
+from common import parser, previous_rows, write_result
 
-from asit_embed import model  # noqa: E402
-from asit_embed.pretrain import PretrainConfig, pretrain  # noqa: E402
+from asit_embed import model
+from asit_embed.training.pretrain import PretrainConfig, pretrain
+from asit_embed.training.runs import read_log
 
 # variant -> PretrainConfig overrides (ASiT defaults otherwise: 50–70 % GMML corruption for the student,
 # independent crops, teacher temperature 0.04, teacher momentum from 0.996)
@@ -54,22 +52,17 @@ def subset_manifest(manifest: Path, out: Path) -> Path:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p = parser(__doc__, out="runs/global_targets", subset=("--variants", VARIANTS))
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/global_targets"))
     args = p.parse_args()
-    data = subset_manifest(require(args.manifest), args.out / "subset.csv")
-    result_path = RESULTS / "global_targets.json"
-    rows = previous_rows(result_path, "variants", "variant")
+    data = subset_manifest(args.manifest, args.out / "subset.csv")
+    rows = previous_rows("global_targets.json", "variants", "variant")
     for name in args.variants:
         run = args.out / name
         cfg = PretrainConfig(data=str(data), out_dir=str(run), encoder=model.asit_tiny().to_dict(),
                              epochs=args.epochs, warmup_epochs=1, seed=args.seed, **VARIANTS[name])
         pretrain(cfg, resume=True)
-        recs = read_log(run / "log.jsonl")[:args.epochs]
+        recs = read_log(run)[:args.epochs]
         rows[name] = {"variant": name, "overrides": VARIANTS[name], "epochs": args.epochs,
                       "target_entropy": [r["global_target_entropy"] for r in recs],
                       "batch_entropy": [r["global_batch_entropy"] for r in recs],
@@ -82,9 +75,8 @@ def main() -> int:
         print(f"{r['variant']:<22} {' '.join(f'{x:.2f}' for x in r['target_entropy']):<24} "
               f"{' '.join(f'{x:.2f}' for x in r['information']):<24} "
               f"{' '.join(f'{x:.2f}' for x in r['teacher_cls_cosine']):<20}")
-    RESULTS.mkdir(exist_ok=True)
-    result_path.write_text(json.dumps({"settings": {"epochs": args.epochs, "seed": args.seed, "clips": "every third "
-                                                    "role=train clip (667)"}, "variants": rows}, indent=2) + "\n")
+    write_result("global_targets.json", {"settings": {"epochs": args.epochs, "seed": args.seed,
+                                                      "clips": "every third role=train clip (667)"}, "variants": rows})
     return 0
 
 

@@ -1,0 +1,93 @@
+"""A training-time teacher: Resemblyzer's GE2E speaker encoder (``pip install 'asit-embed[train]'``).
+
+Resemblyzer (Apache-2.0; trained on thousands of VoxCeleb and LibriSpeech speakers, its weights inside the
+wheel) has heard far more voices than our training corpora hold. Its utterance embedding of every
+training clip is computed once and cached (:func:`teacher_embeddings`); fine-tuning then adds a
+distillation term (:class:`TeacherHead`): the student's embedding, through a small linear projection that
+is dropped after training, should point where the teacher's does. Inference never needs Resemblyzer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asit_embed.audio import load_audio
+
+log = logging.getLogger(__name__)
+
+TEACHER_DIM = 256  # Resemblyzer's embedding size
+
+
+class Resemblyzer:
+    """Resemblyzer off the shelf: ``embed(wave)`` of a 16 kHz mono float32 clip -> ``(256,)`` unit vector.
+
+    Its own preprocessing runs first (volume normalisation, webrtcvad trimming of silences); a clip that
+    trimming would shorten below 0.3 s (a one-second word with little voiced audio) is embedded untrimmed.
+    """
+
+    def __init__(self):
+        try:
+            from resemblyzer import VoiceEncoder, preprocess_wav
+        except ImportError as err:
+            raise ImportError("the Resemblyzer teacher needs the training extra: pip install 'asit-embed[train]' "
+                              f"({err})") from err
+        self.encoder, self.preprocess = VoiceEncoder("cpu", verbose=False), preprocess_wav
+
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        trimmed = self.preprocess(wave, source_sr=16000)
+        return self.encoder.embed_utterance(trimmed if trimmed.size >= 4800 else wave).astype(np.float32)
+
+
+def teacher_embeddings(paths: Sequence[str], cache: str | os.PathLike, *, save_every: int = 500) -> np.ndarray:
+    """``(len(paths), 256)`` float32 Resemblyzer utterance embeddings, read from / added to ``cache`` (.npz).
+
+    The cache maps each clip's path to its embedding; missing clips are embedded (and the cache rewritten
+    every ``save_every`` clips, so an interrupted run resumes). Clips are decoded with our loader at 16 kHz.
+    """
+    cache = Path(cache)
+    known: dict[str, np.ndarray] = {}
+    if cache.is_file():
+        with np.load(cache) as z:
+            known = dict(zip(z["paths"].tolist(), z["embeddings"]))
+    missing = [p for p in dict.fromkeys(paths) if p not in known]
+    if missing:
+        log.info("teacher: embedding %d of %d clips into %s", len(missing), len(paths), cache)
+        teacher = Resemblyzer()
+        for n, path in enumerate(missing, 1):
+            known[path] = teacher.embed(load_audio(path, sample_rate=16000, min_seconds=0.0))
+            if n % save_every == 0 or n == len(missing):
+                _save(cache, known)
+                log.info("teacher: %d / %d", n, len(missing))
+    return np.stack([known[p] for p in paths])
+
+
+def _save(cache: Path, known: dict[str, np.ndarray]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, paths=np.array(list(known)), embeddings=np.stack(list(known.values())))
+    os.replace(tmp, cache)
+
+
+class TeacherHead(nn.Module):
+    """Linear projection of the student's embedding into the teacher's space, and the distillation loss
+    ``1 − cos(projection, teacher)`` averaged over the rows where ``mask`` is True. Dropped after training."""
+
+    def __init__(self, student_dim: int, teacher_dim: int = TEACHER_DIM):
+        super().__init__()
+        self.proj = nn.Linear(student_dim, teacher_dim)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        cos = F.cosine_similarity(self.proj(student), teacher, dim=1)
+        if mask is not None:
+            if not mask.any():
+                return cos.sum() * 0.0  # keeps the graph (DDP needs every parameter used)
+            cos = cos[mask]
+        return (1 - cos).mean()

@@ -33,7 +33,7 @@ PRECISIONS = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16
               "bf16": "bfloat16"}  # alias -> name
 
 
-def _cpu_has_bf16() -> bool:
+def native_bfloat16() -> bool:
     """Whether oneDNN has native bfloat16 kernels on this CPU (AVX512-BF16, AMX, ...)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
@@ -102,7 +102,7 @@ class SpeakerEncoder:
         return "torch", self.model
 
     def _select_precision(self, precision: str) -> str:
-        native = self.device.type != "cpu" or _cpu_has_bf16()
+        native = self.device.type != "cpu" or native_bfloat16()
         if precision == "auto":
             return "bfloat16" if self.backend == "torch" and native else "float32"
         if precision == "float32":
@@ -207,7 +207,7 @@ class SpeakerEncoder:
         windows, owner = [], []
         for i, wave in enumerate(waveforms):
             feats = features(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), self.config.front_end)
-            for start, stop in self._windows(feats.shape[0]):
+            for start, stop in self.windows(feats.shape[0]):
                 windows.append(feats[start:stop])
                 owner.append(i)
         n = owner[-1] + 1 if owner else 0
@@ -225,7 +225,9 @@ class SpeakerEncoder:
             sums.index_add_(0, torch.tensor([owner[j] for j in idx]), emb)
         return torch.nn.functional.normalize(sums, dim=1).numpy()
 
-    def _windows(self, frames: int) -> list[tuple[int, int]]:
+    def windows(self, frames: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` feature-frame windows a clip of ``frames`` frames is embedded in: one window up to
+        ``config.window_frames``, else windows ``hop_frames`` apart, the last one aligned to the clip's end."""
         c = self.config
         if frames < c.min_frames:
             raise ValueError(f"clip has {frames} feature frames; at least {c.min_frames} are needed")

@@ -54,15 +54,15 @@ def test_long_file_is_windowed_in_bounded_memory(encoder, clip_rows, tmp_path):
     sf.write(path, long, 16000)
     emb = encoder.embed(path)
     assert emb.shape == (encoder.dim,) and np.isfinite(emb).all()
-    assert len(encoder._windows(18000)) > 100
+    assert len(encoder.windows(18000)) > 100
     # still the same speaker as one of its clips
     assert similarity(emb, encoder.embed(waves[0], 16000)) > 0.5
 
 
 def test_windows_cover_the_clip(encoder):
     c = encoder.config
-    assert encoder._windows(c.window_frames) == [(0, c.window_frames)]
-    wins = encoder._windows(c.window_frames * 3 + 7)
+    assert encoder.windows(c.window_frames) == [(0, c.window_frames)]
+    wins = encoder.windows(c.window_frames * 3 + 7)
     assert wins[0][0] == 0 and wins[-1][1] == c.window_frames * 3 + 7
     assert all(b - a == c.window_frames for a, b in wins)
 

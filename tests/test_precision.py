@@ -12,7 +12,7 @@ from enroll.cli import main as enroll_main
 
 @pytest.fixture(scope="module")
 def bf16_encoder():
-    if not encoder_module._cpu_has_bf16():
+    if not encoder_module.native_bfloat16():
         pytest.skip("this CPU has no native bfloat16 kernels")
     return load_encoder(precision="bfloat16")
 
@@ -33,20 +33,20 @@ def test_bfloat16_matches_float32(encoder, bf16_encoder, clip_rows):
 
 
 def test_bfloat16_without_native_support_falls_back_with_a_warning(monkeypatch):
-    monkeypatch.setattr(encoder_module, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(encoder_module, "native_bfloat16", lambda: False)
     with pytest.warns(UserWarning, match="no native bfloat16 support; using float32"):
         enc = load_encoder(precision="bf16")
     assert enc.precision == "float32"
 
 
 def test_auto_precision_is_bfloat16_only_where_native(monkeypatch):
-    native = encoder_module._cpu_has_bf16()
+    native = encoder_module.native_bfloat16()
     assert load_encoder().precision == ("bfloat16" if native else "float32")
-    monkeypatch.setattr(encoder_module, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(encoder_module, "native_bfloat16", lambda: False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto falls back silently: float32 is the right choice there
         assert load_encoder().precision == "float32"
-    monkeypatch.setattr(encoder_module, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(encoder_module, "native_bfloat16", lambda: True)
     assert load_encoder().precision == "bfloat16"
     assert load_encoder(precision="float32").precision == "float32"
 
@@ -59,7 +59,7 @@ def test_precision_errors():
 
 
 def test_cli_embed_in_bfloat16(tmp_path, clip_rows, encoder):
-    if not encoder_module._cpu_has_bf16():
+    if not encoder_module.native_bfloat16():
         pytest.skip("this CPU has no native bfloat16 kernels")
     out = tmp_path / "e.npy"
     assert cli(["embed", clip_rows[0]["path"], "--precision", "bfloat16", "--out", str(out)]) == 0
@@ -67,7 +67,7 @@ def test_cli_embed_in_bfloat16(tmp_path, clip_rows, encoder):
 
 
 def test_registry_built_in_one_precision_serves_the_other(cli_registry, capsys):
-    if not encoder_module._cpu_has_bf16():
+    if not encoder_module.native_bfloat16():
         pytest.skip("this CPU has no native bfloat16 kernels")
     reg, a, b = cli_registry  # enrolled with the default precision: bfloat16 on this CPU
     capsys.readouterr()

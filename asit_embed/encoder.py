@@ -117,10 +117,11 @@ class SpeakerEncoder:
             return self._network(spec, lengths)
 
     @classmethod
-    def from_model(cls, model: ASiTEncoder, *, metadata: dict | None = None, device: str = "cpu") -> SpeakerEncoder:
+    def from_model(cls, model: ASiTEncoder, *, metadata: dict | None = None, device: str = "cpu",
+                   precision: str = "auto") -> SpeakerEncoder:
         """Wrap an in-memory model (e.g. during training); its weights are copied."""
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return cls(Checkpoint(model.config, state, dict(metadata or {})), device=device)
+        return cls(Checkpoint(model.config, state, dict(metadata or {})), device=device, precision=precision)
 
     @property
     def dim(self) -> int:

@@ -45,6 +45,10 @@ class Resemblyzer:
         trimmed = self.preprocess(wave, source_sr=16000)
         return self.encoder.embed_utterance(trimmed if trimmed.size >= 4800 else wave).astype(np.float32)
 
+    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
+        """:meth:`embed` of an audio file, decoded by our loader at 16 kHz (any length it holds)."""
+        return self.embed(load_audio(path, sample_rate=16000, min_seconds=0.0))
+
 
 def teacher_embeddings(paths: Sequence[str], cache: str | os.PathLike, *, save_every: int = 500) -> np.ndarray:
     """``(len(paths), 256)`` float32 Resemblyzer utterance embeddings, read from / added to ``cache`` (.npz).
@@ -62,7 +66,7 @@ def teacher_embeddings(paths: Sequence[str], cache: str | os.PathLike, *, save_e
         log.info("teacher: embedding %d of %d clips into %s", len(missing), len(paths), cache)
         teacher = Resemblyzer()
         for n, path in enumerate(missing, 1):
-            known[path] = teacher.embed(load_audio(path, sample_rate=16000, min_seconds=0.0))
+            known[path] = teacher.embed_file(path)
             if n % save_every == 0 or n == len(missing):
                 _save(cache, known)
                 log.info("teacher: %d / %d", n, len(missing))

@@ -122,7 +122,9 @@ def asit_network(encoder: ASiTEncoder) -> Network:
         return torch.stack([features(w, c.front_end) for w in waves]).transpose(1, 2)
 
     def embed(waves: Sequence[np.ndarray]) -> np.ndarray:
-        return SpeakerEncoder.from_model(encoder)._embed_prepared(waves)
+        # Selection scores in the reference precision, on the device the model trains on.
+        device = str(next(encoder.parameters()).device)
+        return SpeakerEncoder.from_model(encoder, device=device, precision="float32")._embed_prepared(waves)
 
     def save(path: Path, metadata: dict) -> Path:
         return save_checkpoint(path, encoder, metadata=metadata)
@@ -236,7 +238,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
     else:
         seed_all(cfg.seed)
     # The ASiT encoder's crop fills its positional table; another network takes the default crop (2 s).
-    enc_cfg = network.module.config if isinstance(network.module, ASiTEncoder) else EncoderConfig()
+    asit = isinstance(network.module, ASiTEncoder)
+    enc_cfg = network.module.config if asit else EncoderConfig()
     crop_samples = samples_for_frames(enc_cfg.crop_frames, enc_cfg.front_end)
     data = CropDataset(train_items, labels, crop_samples=crop_samples, sample_rate=SAMPLE_RATE,
                        speed_factors=cfg.speed_speakers)
@@ -253,7 +256,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
         start_epoch, best = state["epoch"] + 1, state["best"]
     model.to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    extra = {"encoder": network.module.config.to_dict()} if isinstance(network.module, ASiTEncoder) else {}
+    extra = {"encoder": enc_cfg.to_dict()} if asit else {}
     if main:
         run.write_config({"train": cfg.to_dict(), **extra, "world_size": world,
                           "train_clips": len(train_items), "train_speakers": len(labels),
@@ -282,13 +285,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
 
             steps = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         sum_loss = sum_acc = sum_distill = 0.0
+        frozen = epoch < cfg.head_warmup_epochs  # a new head learns before it may move the network
         for step in steps:
             idx = mine[step * cfg.batch_size:(step + 1) * cfg.batch_size].tolist()
             waves = augment.wave(torch.stack([data[i][0] for i in idx]))
             y = data.labels[idx]
             spec = augment.spec(network.front_end(waves))
             lr = lr_at(epoch * steps_per_epoch + step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-            frozen = epoch < cfg.head_warmup_epochs  # a new head learns before it may move the network
             for g in opt.param_groups:
                 g["lr"] = 0.0 if frozen and g["network"] else lr * g["lr_scale"]
             targets = mask = None

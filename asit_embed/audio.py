@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from typing import BinaryIO, Union
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+try:
+    import torchaudio.functional as AF
+except (ImportError, OSError) as _err:  # a CUDA-linked extension beside a CPU-only torch, most often
+    from asit_embed.doctor import HINT
+
+    raise ImportError(f"torchaudio cannot be imported ({_err}); {HINT}") from _err
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +25,9 @@ DEFAULT_SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
                             ".aifc", ".au", ".caf", ".w64", ".rf64"})
 SILENCE_PEAK = 1e-4  # peak below -80 dBFS: digital silence, nothing to embed
+# Sample rates accepted from files: telephone (8 kHz) up to studio rates. A header claiming 1 Hz would make
+# a 4 KB file decode to half an hour of audio once resampled.
+MIN_FILE_RATE, MAX_FILE_RATE = 4000, 768000
 _PCM_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
@@ -51,11 +60,23 @@ def load_audio(source: AudioSource, *, sample_rate: int = DEFAULT_SAMPLE_RATE,
             decoded audio fails :func:`prepare_waveform`'s checks.
     """
     name, source = _open(source)
+    frames = None
     try:
-        data, rate = sf.read(source, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"{name} could not be decoded as audio (wav, flac, ogg, mp3, ...): {err}") from err
-    log.debug("decoded %s: %d frames x %d channels at %d Hz", name, data.shape[0], data.shape[1], rate)
+        with sf.SoundFile(source) as f:
+            rate, channels, frames = f.samplerate, f.channels, f.frames
+            if MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+                data = _read_mono(f)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        # libsndfile names a file object by its repr (``<_io.BytesIO object at 0x...>``): name it as we do
+        message = str(err).replace(repr(source), name) if not isinstance(source, str) else str(err)
+        if frames is not None and frames >= 2**62:  # libsndfile's "unknown length"
+            message += ("; the file does not state its length (written by a streaming encoder?) and libsndfile "
+                        "cannot read such a file to its end: re-encode it, e.g. `flac -f -d x.flac -o x.wav`")
+        raise AudioError(f"{name} could not be decoded as audio (wav, flac, ogg, mp3, ...): {message}") from err
+    if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+        raise AudioError(f"{name} declares sample rate {rate} Hz; files from {MIN_FILE_RATE} to {MAX_FILE_RATE} Hz "
+                         "are accepted")
+    log.debug("decoded %s: %d frames x %d channels (averaged) at %d Hz", name, data.shape[0], channels, rate)
     return prepare_waveform(data, rate, target_rate=sample_rate, min_seconds=min_seconds, source=name)
 
 
@@ -104,16 +125,17 @@ def prepare_waveform(waveform: np.ndarray | torch.Tensor, sample_rate: int, *,
     if x.size == 0:
         raise AudioError(f"{source} contains no samples (shape {x.shape})")
     x = _to_float(x, source)
-    n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-    if n_nan or n_inf:
-        raise AudioError(f"{source} has {n_nan} NaN and {n_inf} Inf samples out of {x.size}; "
-                         "expected finite samples")
+    if not np.isfinite(x.sum(dtype=np.float64)):  # a NaN or Inf makes the sum non-finite; no temporary array
+        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        if n_nan or n_inf:
+            raise AudioError(f"{source} has {n_nan} NaN and {n_inf} Inf samples out of {x.size}; "
+                             "expected finite samples")
     if x.ndim == 2:
         if min(x.shape) > 8:
             log.warning("%s has shape %s: averaging %d channels (is it a batch of clips?)", source, x.shape,
                         min(x.shape))
         x = x.mean(axis=int(np.argmin(x.shape)), dtype=np.float64).astype(np.float32)
-    peak = float(np.abs(x).max())
+    peak = float(max(x.max(), -x.min()))
     if peak < SILENCE_PEAK:
         raise AudioError(f"{source} is digitally silent (peak amplitude {round(peak, 6)}); "
                          f"expected a peak of at least {SILENCE_PEAK:g}")
@@ -124,8 +146,45 @@ def prepare_waveform(waveform: np.ndarray | torch.Tensor, sample_rate: int, *,
     if seconds < min_seconds:
         raise AudioError(f"{source} is {seconds:.3g} s long; at least {min_seconds:g} s is needed")
     if sample_rate != target_rate:
-        x = AF.resample(torch.from_numpy(x), int(sample_rate), int(target_rate)).numpy()
+        x = resample(x, int(sample_rate), int(target_rate))
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+READ_BLOCK = 1 << 20         # frames decoded at a time
+RESAMPLE_BLOCK = 1 << 20     # input samples resampled at a time (about, rounded to the rates' period)
+RESAMPLE_CONTEXT = 512       # input samples of context on each side of a block (the filter needs ~20)
+
+
+def _read_mono(f: sf.SoundFile) -> np.ndarray:
+    """The file's samples as float32 mono, decoded a block at a time: channels are averaged per block, so
+    a long multichannel file never exists in memory as all its channels at once."""
+    # The header's length is not trusted (a streaming FLAC says "unknown", a truncated WAV claims more than it
+    # holds): blocks are read until the data ends.
+    parts = [block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
+             for block in f.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """``torchaudio.functional.resample`` of a mono signal, a block at a time for long signals: each block
+    is resampled with :data:`RESAMPLE_CONTEXT` samples of its neighbours and trimmed, blocks start on the
+    rates' common period, so the result equals resampling in one piece (to float rounding) while memory
+    stays bounded by the block."""
+    g = math.gcd(orig, new)
+    period_in, period_out = orig // g, new // g
+    if len(x) <= 2 * RESAMPLE_BLOCK:
+        return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig, new).numpy()
+    step = max(1, RESAMPLE_BLOCK // period_in) * period_in
+    context = max(1, RESAMPLE_CONTEXT // period_in + 1) * period_in
+    total = math.ceil(len(x) * period_out / period_in)  # torchaudio's output length
+    out = np.empty(total, dtype=np.float32)
+    for start in range(0, len(x), step):
+        lo, hi = max(0, start - context), min(len(x), start + step + context)
+        y = AF.resample(torch.from_numpy(np.ascontiguousarray(x[lo:hi])), orig, new).numpy()
+        first = (start - lo) // period_in * period_out
+        a, b = start // period_in * period_out, min(total, math.ceil(min(len(x), start + step) * period_out / period_in))
+        out[a:b] = y[first:first + (b - a)]
+    return out
 
 
 def _open(source: AudioSource) -> tuple[str, Union[str, BinaryIO]]:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 PRESETS = ("tiny", "small")
-COMMANDS = ("embed", "export", "train", "pretrain", "evaluate")
+COMMANDS = ("embed", "export", "train", "pretrain", "evaluate", "doctor")
 
 PRETRAIN_HELP = {
     "role": "manifest role to use",
@@ -41,6 +41,7 @@ TRAIN_HELP = {
     "max_minutes": "stop before an epoch that would overrun this budget (counting earlier runs of a resumed one)",
     "init": "start from this encoder checkpoint (e.g. from pretraining)",
     "head_warmup_epochs": "first epochs train only the new heads, the network frozen (fine-tuning from --init)",
+    "head_init": "'centroids': start each class weight at its speaker's mean embedding under --init; 'random'",
     "w_teacher": "weight of the distillation from the Resemblyzer teacher (needs asit-embed[train]); 0: off",
     "teacher_cache": ".npz of the teacher's embeddings of the training clips (default: OUT/teacher.npz)",
     "progress": "progress bar per epoch",
@@ -92,8 +93,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from asit_embed import load_encoder
 
-    encoder = load_encoder(args.checkpoint, backend=args.backend, precision=args.precision)
-    emb = encoder.embed_batch(args.clips, batch_size=args.batch_size, progress=args.progress)
+    encoder = load_encoder(args.checkpoint, backend=args.backend, precision=args.precision, device=args.device,
+                           vad=args.vad)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    emb = encoder.embed_batch(args.clips, batch_size=args.batch_size, progress=progress)
     if args.out:
         np.save(args.out, emb)
         print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {args.out}")
@@ -136,26 +139,41 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asit_embed import load_encoder
-    from asit_embed.training.data import load_sources
-    from asit_embed.training.metrics import PROTOCOLS, evaluate_embeddings, plot_evaluation
+    import numpy as np
 
-    encoder = load_encoder(args.checkpoint, precision=args.precision)
+    from asit_embed import load_encoder
+    from asit_embed.calibration import Calibration
+    from asit_embed.training.data import load_sources
+    from asit_embed.training.metrics import (PROTOCOLS, calibrated_open_set, enrollment_split, evaluate_embeddings,
+                                             plot_evaluation, plot_open_set_det)
+
+    encoder = load_encoder(args.checkpoint, precision=args.precision, device=args.device)
     items = load_sources(args.data, role=args.role)
     protocol = {**PROTOCOLS[args.protocol], **{k: getattr(args, k) for k in ("n_enroll", "max_probes", "min_clips")
                                                 if getattr(args, k) is not None}}
     emb = encoder.embed_batch([it.path for it in items], progress=args.progress)
     res = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items], open_set=True,
                               **protocol)
+    speakers, keys = [it.speaker for it in items], [it.path for it in items]
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    table = (encoder.metadata.get("calibrations") or {}).get("cosine")
+    shipped = None if table is None else Calibration.from_dict(table)
+    calibrated = calibrated_open_set({args.protocol: (x, speakers, *enrollment_split(keys, speakers, **protocol))},
+                                     sizes=args.sizes, fpir=args.fpir, shipped=shipped).get(args.protocol, {})
     summary = {"checkpoint": str(args.checkpoint or "default"), "data": [str(d) for d in args.data],
                "role": args.role, "protocol": {"name": args.protocol, **protocol}, "precision": encoder.precision,
-               **res.summary()}
+               **res.summary(),
+               "calibrated_open_set": {"fpir_target": args.fpir,
+                                       "shipped": "the checkpoint's" if shipped else "cross-validated (checkpoint has none)",
+                                       **{str(k): v for k, v in calibrated.items() if k != "det"}}}
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     if args.plot:
         plot_evaluation(res, args.plot)
+    if args.det and calibrated:
+        plot_open_set_det({args.protocol: calibrated}, args.det, fpir=args.fpir)
     return 0
 
 
@@ -184,13 +202,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--out", help="write an (n, dim) float32 .npy instead of printing")
     e.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--progress", action="store_true")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar counting clips (default: on when stderr is a terminal)")
+    e.add_argument("--device", default="cpu", help="where the network runs: cpu, cuda, cuda:1, ...")
+    e.add_argument("--vad", action="store_true", help="keep only speech (Silero VAD: pip install 'asit-embed[vad]')")
     e.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="what runs the network (onnx: ONNX Runtime, needs asit-embed[onnx])")
     e.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto: bfloat16 where the CPU/GPU runs it natively (about 2x faster, cosine >= 0.9999 to float32), else float32")
     e.set_defaults(func=cmd_embed)
 
+    sub.add_parser("doctor", help="check that torchaudio imports; --fix makes it import on a CPU-only machine")
     x = sub.add_parser("export", help="export the encoder network to ONNX")
     x.add_argument("--onnx", required=True, help="output .onnx file")
     x.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
@@ -247,8 +269,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     v.add_argument("--max-probes", type=int, help="override the protocol's probes per speaker")
     v.add_argument("--min-clips", type=int, help="override the protocol's fewest clips for a speaker to count")
     v.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    v.add_argument("--device", default="cpu", help="where the network runs: cpu, cuda, cuda:1, ...")
     v.add_argument("--out", help="write the JSON summary here")
     v.add_argument("--plot", help="write score histograms + DET curve to this PNG")
+    v.add_argument("--fpir", type=float, default=0.01,
+                   help="open-set operating point: share of unknown callers accepted (by enrolled-set size)")
+    v.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 25, 100],
+                   help="enrolled-set sizes for the open-set measurement (those that half the speakers allow)")
+    v.add_argument("--det", help="write the open-set DET plot (FNIR against FPIR) to this PNG")
     v.add_argument("--progress", action="store_true")
     v.set_defaults(func=cmd_evaluate)
     return p
@@ -257,6 +285,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if a in COMMANDS), "")
+    if command == "doctor":  # before anything that imports torch or torchaudio
+        from asit_embed.doctor import main as doctor
+
+        return doctor([a for a in argv if a != "doctor"])
     args = build_parser(command).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")

@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -13,7 +14,7 @@ from typing import BinaryIO, Union
 import numpy as np
 import torch
 
-from asit_embed.audio import load_audio, prepare_waveform
+from asit_embed.audio import AudioError, load_audio, prepare_waveform
 from asit_embed.checkpoint import Checkpoint, fingerprint, load_checkpoint
 from asit_embed.features import features
 from asit_embed.model import ASiTEncoder
@@ -39,7 +40,7 @@ def native_bfloat16() -> bool:
 
 
 def load_encoder(path: str | os.PathLike | None = None, *, device: str = "cpu", backend: str = "torch",
-                 precision: str = "auto") -> SpeakerEncoder:
+                 precision: str = "auto", vad: bool = False) -> SpeakerEncoder:
     """Load a speaker encoder from a checkpoint; ``None`` loads the bundled default.
 
     Args:
@@ -54,25 +55,36 @@ def load_encoder(path: str | os.PathLike | None = None, *, device: str = "cpu", 
             registries built either way are interchangeable. An explicit ``"bfloat16"`` where the CPU lacks
             native bf16 falls back to float32 with a warning (emulated bf16 would be slower).
         device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``, ...: where the torch backend runs.
+        vad: cut every clip down to its speech (Silero VAD, ``pip install 'asit-embed[vad]'``) before
+            embedding it; a clip without speech raises :class:`~asit_embed.AudioError` ("no speech found").
 
     >>> encoder = load_encoder()
     >>> encoder.dim, encoder.backend
     (192, 'torch')
     """
     ckpt = load_checkpoint(default_checkpoint_path() if path is None else path)
-    return SpeakerEncoder(ckpt, device=device, backend=backend, precision=precision)
+    return SpeakerEncoder(ckpt, device=device, backend=backend, precision=precision, vad=vad)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a clip and its embedding: ``start`` and ``end`` in seconds, ``embedding`` ``(dim,)``."""
+
+    start: float
+    end: float
+    embedding: np.ndarray
 
 
 class SpeakerEncoder:
     """Turns speech into speaker embeddings with an :class:`~asit_embed.model.ASiTEncoder`.
 
     Clips longer than ``config.window_frames`` are cut into windows (``hop_frames`` apart, the last one
-    aligned to the end); the unit-norm window embeddings are averaged and renormalised, so memory stays
-    bounded for any length. Windows of many clips are batched together, padded and masked.
+    aligned to the end); the unit-norm window embeddings are averaged and renormalised. Windows of many clips
+    are batched together, padded and masked.
     """
 
     def __init__(self, checkpoint: Checkpoint, *, device: str = "cpu", backend: str = "torch",
-                 precision: str = "auto"):
+                 precision: str = "auto", vad: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
@@ -86,16 +98,21 @@ class SpeakerEncoder:
         self.fingerprint = fingerprint(checkpoint.config, checkpoint.state_dict)
         self.backend, self._network = self._select_backend(backend)
         self.precision = self._select_precision(PRECISIONS[precision])
+        self.vad = bool(vad)
+        if self.vad:
+            from asit_embed.vad import _load
+
+            _load()  # fail now, with the install hint, rather than at the first clip
 
     def _select_backend(self, backend: str):
         if backend == "onnx":
-            from asit_embed.export import BackendUnavailableError, OnnxModel, cached_onnx
+            from asit_embed.export import BackendUnavailableError, cached_onnx
 
             if self.device.type != "cpu":
                 warnings.warn(f"the ONNX backend runs on the CPU only; using torch on {self.device}", stacklevel=3)
                 return "torch", self.model
             try:
-                return "onnx", OnnxModel(cached_onnx(self.model, self.fingerprint))
+                return "onnx", cached_onnx(self.model, self.fingerprint)
             except BackendUnavailableError as err:
                 warnings.warn(f"{err}; using the torch backend", stacklevel=3)
                 return "torch", self.model
@@ -132,21 +149,64 @@ class SpeakerEncoder:
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
-    def prepare(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:
+    def prepare(self, clip: Clip, sample_rate: int | None = None, *, vad: bool | None = None) -> np.ndarray:
         """Decode and validate one clip into what the network embeds: ``(samples,)`` float32 mono at the
         model's rate. ``clip``: a path, encoded bytes, a binary file object, or a waveform array with its
-        ``sample_rate`` (any rate, mono or ``(channels, samples)``). Raises :class:`~asit_embed.AudioError`.
+        ``sample_rate`` (any rate, mono or ``(channels, samples)``). With speech detection (``vad``, default
+        the encoder's setting) only the speech is kept. Raises :class:`~asit_embed.AudioError`.
         """
         if isinstance(clip, (np.ndarray, torch.Tensor)):
             if sample_rate is None:
                 raise TypeError("a waveform array needs its sample_rate, e.g. encoder.embed(wave, sample_rate=16000)")
-            return prepare_waveform(clip, sample_rate, target_rate=self.sample_rate,
-                                    min_seconds=self.config.min_seconds)
-        if sample_rate is not None:
-            raise TypeError("sample_rate applies to waveform arrays only; an encoded file carries its own rate")
-        return load_audio(clip, sample_rate=self.sample_rate, min_seconds=self.config.min_seconds)
+            wave = prepare_waveform(clip, sample_rate, target_rate=self.sample_rate, min_seconds=self.config.min_seconds)
+            source = f"waveform of shape {tuple(clip.shape)}"
+        else:
+            if sample_rate is not None:
+                raise TypeError("sample_rate applies to waveform arrays only; an encoded file carries its own rate")
+            wave = load_audio(clip, sample_rate=self.sample_rate, min_seconds=self.config.min_seconds)
+            source = repr(os.fspath(clip)) if isinstance(clip, (str, os.PathLike)) else "the clip"
+        if self.vad if vad is None else vad:
+            from asit_embed.vad import keep_speech
 
-    def embed(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:
+            wave = keep_speech(wave, self.sample_rate, source=source)
+            if wave.shape[0] < self.config.min_seconds * self.sample_rate:
+                raise AudioError(f"{source} holds {wave.shape[0] / self.sample_rate:.2f} s of speech; at least "
+                                 f"{self.config.min_seconds:g} s are needed")
+        return wave
+
+    def embed_segments(self, clip: Clip, sample_rate: int | None = None, *, window: float = 2.0,
+                       hop: float = 1.0, vad: bool | None = None) -> list[Segment]:
+        """One embedding per stretch of a clip, for who-spoke-when: :class:`Segment` ``(start, end,
+        embedding)`` with times in seconds, windows of ``window`` seconds every ``hop`` seconds (the last one
+        ends with the clip). With speech detection on, segments less than half speech are left out.
+
+        >>> encoder = load_encoder()
+        >>> t = np.arange(5 * 16000) / 16000
+        >>> wave = 0.1 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)
+        >>> [(s.start, s.end) for s in encoder.embed_segments(wave, 16000)]
+        [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0), (3.0, 5.0)]
+        """
+        if not (window >= self.config.min_seconds and hop > 0):
+            raise ValueError(f"window must be at least {self.config.min_seconds:g} s and hop positive, "
+                             f"got window={window}, hop={hop}")
+        wave = self.prepare(clip, sample_rate, vad=False)  # keep the timeline; VAD decides per segment below
+        rate, n = self.sample_rate, wave.shape[0]
+        size, step = min(int(round(window * rate)), n), int(round(hop * rate))
+        starts = list(range(0, n - size + 1, step))
+        if starts[-1] + size < n:
+            starts.append(n - size)
+        if self.vad if vad is None else vad:
+            from asit_embed.vad import speech_regions
+
+            speech = np.zeros(n, dtype=bool)
+            for a, b in speech_regions(wave, rate):
+                speech[a:b] = True
+            starts = [s for s in starts if speech[s:s + size].mean() >= 0.5]
+        pieces = [wave[s:s + size] for s in starts]
+        embeddings = self._embed_prepared(pieces) if pieces else np.zeros((0, self.dim), np.float32)
+        return [Segment(round(s / rate, 3), round((s + size) / rate, 3), e) for s, e in zip(starts, embeddings)]
+
+    def embed(self, clip: Clip, sample_rate: int | None = None, *, vad: bool | None = None) -> np.ndarray:
         """Embedding of one clip: ``(dim,)`` float32, unit norm.
 
         ``clip``: a path, encoded bytes, a binary file object, or a waveform array (any rate, mono or
@@ -158,10 +218,10 @@ class SpeakerEncoder:
         >>> e.shape, e.dtype, round(float(np.linalg.norm(e)), 4)
         ((192,), dtype('float32'), 1.0)
         """
-        return self._embed_prepared([self.prepare(clip, sample_rate)])[0]
+        return self._embed_prepared([self.prepare(clip, sample_rate, vad=vad)])[0]
 
     def embed_batch(self, clips: Iterable[Clip], *, sample_rate: int | None = None, batch_size: int = 16,
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, vad: bool | None = None) -> np.ndarray:
         """Embeddings of many clips: ``(n, dim)`` float32, each row unit norm, in the order given.
 
         ``clips``: any iterable of what :meth:`embed` takes (``sample_rate`` applies to every array among
@@ -177,7 +237,8 @@ class SpeakerEncoder:
             bar = tqdm(total=len(clips), desc="embedding", unit="clip")
         for i in range(0, len(clips), batch_size):
             chunk = clips[i:i + batch_size]
-            out[i:i + len(chunk)] = self._embed_prepared([self.prepare(c, _rate_for(c, sample_rate)) for c in chunk],
+            out[i:i + len(chunk)] = self._embed_prepared([self.prepare(c, _rate_for(c, sample_rate), vad=vad)
+                                                          for c in chunk],
                                                          batch_size=batch_size)
             if bar is not None:
                 bar.update(len(chunk))

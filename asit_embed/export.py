@@ -108,12 +108,22 @@ class OnnxModel:
         return torch.from_numpy(out)
 
 
-def cached_onnx(model: ASiTEncoder, fingerprint: str) -> Path:
-    """Path of the ONNX export of ``model``, exported once per fingerprint into the cache directory
-    (``$ASIT_EMBED_CACHE``, default ``~/.cache/asit-embed``)."""
+def cached_onnx(model: ASiTEncoder, fingerprint: str) -> OnnxModel:
+    """The ONNX export of ``model``, exported once per fingerprint into the cache directory
+    (``$ASIT_EMBED_CACHE``, default ``~/.cache/asit-embed``) and loaded. A cached file that does not load,
+    or whose recorded fingerprint is not ``fingerprint``, is exported again."""
     root = Path(os.environ.get("ASIT_EMBED_CACHE", Path.home() / ".cache" / "asit-embed"))
     path = root / f"encoder-{fingerprint}.onnx"
-    if not path.is_file():
-        log.info("exporting the encoder to %s (once per checkpoint)", path)
-        export_onnx(model, path, fingerprint=fingerprint)
-    return path
+    if path.is_file():
+        try:
+            loaded = OnnxModel(path)
+            if loaded.metadata.get("asit_embed.fingerprint") == fingerprint:
+                return loaded
+            log.warning("cached %s was exported from another checkpoint; exporting again", path)
+        except Exception as err:  # onnxruntime raises its own exception types for a damaged file
+            if isinstance(err, BackendUnavailableError):
+                raise
+            log.warning("cached %s does not load (%s); exporting again", path, str(err).splitlines()[0][:200])
+    log.info("exporting the encoder to %s (once per checkpoint)", path)
+    export_onnx(model, path, fingerprint=fingerprint)
+    return OnnxModel(path)

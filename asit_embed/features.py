@@ -9,13 +9,25 @@ from __future__ import annotations
 import math
 
 import torch
-from torchaudio.compliance import kaldi
+try:
+    from torchaudio.compliance import kaldi
+except (ImportError, OSError) as _err:  # a CUDA-linked extension beside a CPU-only torch, most often
+    from asit_embed.doctor import HINT
+
+    raise ImportError(f"torchaudio cannot be imported ({_err}); {HINT}") from _err
 
 from asit_embed.config import FrontEndConfig
 
 
+FBANK_BLOCK_FRAMES = 3000  # frames (30 s) computed at a time: Kaldi's framing and FFT of a whole long clip
+                           # would hold ~40 bytes per sample of intermediates (400 MB for 10 minutes)
+
+
 def fbank(waveform: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
     """Log-mel filterbank of one mono waveform, without normalisation.
+
+    Long waveforms are computed :data:`FBANK_BLOCK_FRAMES` frames at a time; every frame depends only on its
+    own samples (no dither), so the result is the same as in one piece, with memory bounded by the block.
 
     Args:
         waveform: ``(samples,)`` float32 in [-1, 1] at ``config.sample_rate``.
@@ -27,6 +39,18 @@ def fbank(waveform: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
     >>> fbank(torch.zeros(16000) + 0.01 * torch.randn(16000), FrontEndConfig()).shape
     torch.Size([98, 128])
     """
+    frames = num_frames(waveform.shape[-1], config)
+    if frames <= FBANK_BLOCK_FRAMES:
+        return _kaldi_fbank(waveform, config)
+    shift = int(config.sample_rate * config.frame_shift_ms / 1000)
+    blocks = []
+    for first in range(0, frames, FBANK_BLOCK_FRAMES):
+        n = min(FBANK_BLOCK_FRAMES, frames - first)
+        blocks.append(_kaldi_fbank(waveform[first * shift: first * shift + samples_for_frames(n, config)], config))
+    return torch.cat(blocks)
+
+
+def _kaldi_fbank(waveform: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
     return kaldi.fbank(
         waveform.unsqueeze(0),
         sample_frequency=config.sample_rate,

@@ -9,11 +9,19 @@ by ``GET /speakers``. Prints a table and writes ``benchmarks/results/http_load.j
 
     python benchmarks/http_load.py                          # 50 clients, 60 s
     python benchmarks/http_load.py --clients 10 --duration 10
+    python benchmarks/http_load.py --abuse                  # 10 clients, undisturbed then under abuse
+
+``--abuse``: ``--clients`` (default 10 there) identify for ``--duration`` seconds undisturbed, then as long
+again while 120 idle connections sit open, 4 requests of 1,000 tiny file parts each are posted, and a
+cross-origin writer (``Origin: http://evil.example``) tries to enroll, replace and rename speakers over and
+over. Passes when every normal request succeeds, their p99 stays within 5x the undisturbed p99, every abusive
+request gets a 4xx, and every 2xx enrollment is listed afterwards (``results/http_abuse.json``).
 """
 
 import argparse
 import csv
 import http.client
+import socket
 import json
 import os
 import platform
@@ -114,8 +122,14 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--server-threads", type=int, default=4, help="waitress request threads (default 4)")
     p.add_argument("--baseline", type=int, default=10, help="single-client identify requests timed first")
-    p.add_argument("--out", type=Path, default=RESULTS / "http_load.json")
+    p.add_argument("--abuse", action="store_true", help="the abuse scenario (see above) instead of the load run")
+    p.add_argument("--out", type=Path, default=None, help="default: results/http_load.json (http_abuse.json)")
     args = p.parse_args()
+    if args.abuse and "--clients" not in sys.argv:
+        args.clients = 10
+    if args.abuse and "--duration" not in sys.argv:
+        args.duration = 20.0
+    args.out = args.out or RESULTS / ("http_abuse.json" if args.abuse else "http_load.json")
 
     by_speaker: dict[str, list[Path]] = {}
     for r in csv.DictReader(open(CLIPS / "manifest.csv")):
@@ -132,7 +146,7 @@ def main() -> int:
         with open(log_path, "w") as log:
             proc, port = start_server(Path(tmp) / "registry", args.server_threads, log)
             try:
-                code = run(args, port, by_speaker, enrolled_first, probes, enroll_pool)
+                code = (abuse if args.abuse else run)(args, port, by_speaker, enrolled_first, probes, enroll_pool)
             finally:
                 stop_server(proc)
         for line in server_log_problems(log_path)[:20]:
@@ -140,12 +154,18 @@ def main() -> int:
     return code
 
 
-def run(args, port, by_speaker, enrolled_first, probes, enroll_pool) -> int:
-    setup = Client(port)
-    for s in enrolled_first:
-        status, body, _ = setup.request("POST", f"/speakers/{s}", *multipart([("files", p) for p in by_speaker[s][:3]]))
+def enroll_first(port: int, by_speaker: dict, speakers: list[str]) -> Client:
+    """Enroll ``speakers`` from their first three clips; returns the client that did it."""
+    client = Client(port)
+    for s in speakers:
+        status, body, _ = client.request("POST", f"/speakers/{s}", *multipart([("files", p) for p in by_speaker[s][:3]]))
         if status != 201:
             raise SystemExit(f"enrolling {s} failed: {status} {body}")
+    return client
+
+
+def run(args, port, by_speaker, enrolled_first, probes, enroll_pool) -> int:
+    setup = enroll_first(port, by_speaker, enrolled_first)
     baseline = [setup.request("POST", "/identify", *multipart([("file", probes[i % len(probes)][1])]))[2]
                 for i in range(args.baseline)]
 
@@ -187,8 +207,9 @@ def run(args, port, by_speaker, enrolled_first, probes, enroll_pool) -> int:
             name = f"new-{i:04d}"
             files = [("files", enroll_pool[(2 * i + j) % len(enroll_pool)]) for j in range(2)]
             i += 1
-            try:
-                status, data, seconds = client.request("POST", f"/speakers/{name}", *multipart(files))
+            try:  # the pool's clips are enrolled again and again under new names: on purpose here
+                status, data, seconds = client.request("POST", f"/speakers/{name}",
+                                                       *multipart(files, {"allow_duplicates": "1"}))
             except (OSError, http.client.HTTPException) as err:
                 with lock:
                     errors.append(f"enroll {name}: {type(err).__name__}: {err}")
@@ -249,6 +270,119 @@ def run(args, port, by_speaker, enrolled_first, probes, enroll_pool) -> int:
     for e in errors[:10]:
         print("  error:", e)
     print(f"wrote {args.out}")
+    return 0 if result["ok"] else 1
+
+
+def abuse(args, port, by_speaker, enrolled_first, probes, enroll_pool) -> int:
+    enroll_first(port, by_speaker, enrolled_first)
+    bodies = [multipart([("file", path)], {"k": "3"}) for _, path in probes]
+
+    def normal_phase(seconds: float) -> tuple[list[float], list[str]]:
+        lock, stop = threading.Lock(), threading.Event()
+        latencies, errors = [], []
+
+        def loop(worker: int) -> None:
+            client, i = Client(port), worker
+            while not stop.is_set():
+                body, ctype = bodies[i % len(bodies)]
+                i += 1
+                try:
+                    status, data, took = client.request("POST", "/identify", body, ctype)
+                except (OSError, http.client.HTTPException) as err:
+                    status, data, took = None, str(err), 0.0
+                with lock:
+                    (latencies.append(took) if status == 200 else errors.append(f"identify: {status} {data}"))
+
+        threads = [threading.Thread(target=loop, args=(w,)) for w in range(args.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        return latencies, errors
+
+    quiet, quiet_errors = normal_phase(args.duration)
+
+    # the abuse, alongside a second normal phase
+    idle = []
+    for _ in range(120):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"POST /identify HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # a request that never finishes
+        idle.append(sock)
+    abusive: list[tuple[str, int | None]] = []
+    enrolled: list[str] = []
+    lock, stop = threading.Lock(), threading.Event()
+    tiny = Path(tempfile.mkdtemp()) / "x.wav"
+    tiny.write_bytes(b"RIFF")
+
+    def flood(k: int) -> None:
+        body, ctype = multipart([("files", tiny)] * 1000)
+        try:
+            status = Client(port).request("POST", f"/speakers/flood{k}", body, ctype)[0]
+        except (OSError, http.client.HTTPException):
+            status = None
+        with lock:
+            abusive.append(("1,000 parts", status))
+
+    def cross_origin() -> None:
+        client, i = Client(port), 0
+        while not stop.is_set():
+            target = enrolled_first[i % len(enrolled_first)]
+            body, ctype = multipart([("files", enroll_pool[i % len(enroll_pool)])])
+            for method, path, payload, kind in (("POST", f"/speakers/{target}?replace=1", body, ctype),
+                                                ("POST", f"/speakers/evil{i}", body, ctype),
+                                                ("POST", f"/speakers/{target}/rename", b'{"new_name": "pwned"}',
+                                                 "application/json")):
+                client.conn.request(method, path, body=payload, headers={"Content-Type": kind,
+                                                                          "Origin": "http://evil.example"})
+                response = client.conn.getresponse()
+                response.read()
+                with lock:
+                    abusive.append(("cross-origin write", response.status))
+                    if 200 <= response.status < 300 and path.startswith("/speakers/evil"):
+                        enrolled.append(f"evil{i}")
+            i += 1
+            time.sleep(0.05)
+
+    extra = [threading.Thread(target=flood, args=(k,)) for k in range(4)] + [threading.Thread(target=cross_origin)]
+    for t in extra:
+        t.start()
+    loud, loud_errors = normal_phase(args.duration)
+    stop.set()
+    for t in extra:
+        t.join()
+    for sock in idle:
+        sock.close()
+    status, data, _ = Client(port).request("GET", "/speakers")
+    listed = {s["name"] for s in data["speakers"]} if status == 200 else set()
+    untouched = listed >= set(enrolled_first) and "pwned" not in listed
+    p99_quiet, p99_loud = percentile(quiet, 99), percentile(loud, 99) if loud else float("inf")
+    bad_abuse = [(kind, code) for kind, code in abusive if code is None or not 400 <= code < 500]
+    result = {
+        "settings": {"clients": args.clients, "phase_s": args.duration, "server_threads": args.server_threads,
+                     "idle_connections": len(idle), "flood_requests": 4, "parts_each": 1000,
+                     "cpus": os.cpu_count(), "python": platform.python_version()},
+        "undisturbed": summary(quiet, args.duration), "under_abuse": summary(loud, args.duration),
+        "p99_ratio": round(p99_loud / p99_quiet, 2),
+        "normal_errors": len(quiet_errors) + len(loud_errors), "first_errors": (quiet_errors + loud_errors)[:10],
+        "abusive_requests": len(abusive), "abusive_status_counts": {str(c): sum(1 for _, x in abusive if x == c)
+                                                                   for c in sorted({x for _, x in abusive}, key=str)},
+        "abusive_not_4xx": bad_abuse[:10], "registry_untouched": untouched,
+        "ok": not quiet_errors and not loud_errors and p99_loud <= 5 * p99_quiet and not bad_abuse and untouched,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.clients} identify clients, {args.duration:.0f} s undisturbed then {args.duration:.0f} s beside "
+          f"120 idle connections, 4 requests of 1,000 parts and a cross-origin writer\n")
+    print("| phase | requests | req/s | p50 (ms) | p99 (ms) |\n|---|---|---|---|---|")
+    for name, key in (("undisturbed", "undisturbed"), ("under abuse", "under_abuse")):
+        r = result[key]
+        print(f"| {name} | {r.get('requests', 0)} | {r.get('per_second', 0)} | {r.get('p50_ms', '–')} | "
+              f"{r.get('p99_ms', '–')} |")
+    print(f"\np99 under abuse / undisturbed: {result['p99_ratio']}x (limit 5x); normal errors: {result['normal_errors']}; "
+          f"abusive requests: {len(abusive)}, answers {result['abusive_status_counts']}; registry untouched: {untouched}")
+    print(f"{'PASS' if result['ok'] else 'FAIL'}; wrote {args.out}")
     return 0 if result["ok"] else 1
 
 

@@ -6,6 +6,7 @@
 0
 """
 
+from enroll.errors import DuplicateClipError, ReadOnlyRegistryError, RegistryDatabaseError
 from enroll.index import IndexConfig
 from enroll.registry import (
     EncoderMismatchError,
@@ -13,17 +14,22 @@ from enroll.registry import (
     RegistryError,
     Speaker,
     SpeakerRegistry,
+    Turn,
     UnknownSpeakerError,
     validate_name,
 )
 
 __all__ = [
+    "DuplicateClipError",
     "EncoderMismatchError",
     "IndexConfig",
     "Match",
+    "ReadOnlyRegistryError",
+    "RegistryDatabaseError",
     "RegistryError",
     "Speaker",
     "SpeakerRegistry",
+    "Turn",
     "UnknownSpeakerError",
     "validate_name",
 ]

@@ -12,6 +12,7 @@ FAISS bytes; a missing or unreadable file is rebuilt, an older one is brought up
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -152,14 +153,15 @@ class TemplateIndex:
         One file, replaced in one step under a unique temporary name, so concurrent writers never pair
         one writer's header with another's index.
         """
+        body = faiss.serialize_index(self.index).tobytes()
         header = json.dumps({"version": self.version, "fingerprint": fingerprint, "store": store,
                              "ntotal": self.index.ntotal, "kind": self.kind, "max_id": self.max_id,
-                             "trained_n": self.trained_n})
+                             "trained_n": self.trained_n, "sha256": hashlib.sha256(body).hexdigest()})
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(header.encode() + b"\n")
-                f.write(faiss.serialize_index(self.index).tobytes())
+                f.write(body)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
@@ -177,6 +179,9 @@ class TemplateIndex:
             info = json.loads(head)
             if info.get("fingerprint") != fingerprint or info.get("store") != store:
                 log.info("index %s belongs to another store or encoder; rebuilding", path)
+                return False
+            if info.get("sha256") != hashlib.sha256(body).hexdigest():
+                log.warning("index %s fails its checksum (damaged or written without one); rebuilding", path)
                 return False
             index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
             kind, version = info["kind"], int(info["version"])

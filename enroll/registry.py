@@ -9,72 +9,30 @@ proposes candidates; their scores are always computed exactly from the templates
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import unicodedata
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from asit_embed.calibration import Calibration, CalibrationError, impostor_scores
+from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerError
 from enroll.index import IndexConfig, TemplateIndex
+from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
 from enroll.scoring import ASNorm
 from enroll.store import ClipRecord, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5  # used only when the encoder's checkpoint carries no calibrated threshold
-MAX_NAME = 100
+DEFAULT_THRESHOLD = 0.5  # used only when the encoder's checkpoint carries no calibration at all
+DEFAULT_FAR = 0.01       # verification: share of impostor trials accepted
+DEFAULT_FPIR = 0.01      # identification: share of unknown callers accepted as someone enrolled
 AS_NORM_POOL = 50   # candidates re-scored with AS-norm, which can reorder them
 QUERY_BLOCK = 1024  # queries ranked at a time, bounding the candidate templates held in memory
-
-
-class RegistryError(ValueError):
-    """A registry cannot be opened or changed as asked."""
-
-
-class EncoderMismatchError(RegistryError):
-    """The registry was built with another encoder; its embeddings are not comparable."""
-
-
-class UnknownSpeakerError(KeyError):
-    """No speaker of that name is enrolled."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown speaker"
-
-
-@dataclass(frozen=True)
-class Match:
-    """A speaker's score for a query; ``accepted``: the score reaches the registry's threshold."""
-
-    name: str
-    score: float
-    accepted: bool
-
-    def to_dict(self) -> dict:
-        """``{"name", "score", "accepted"}``, the score rounded to 4 decimals: the JSON of the CLI and HTTP API."""
-        return {"name": self.name, "score": round(float(self.score), 4), "accepted": bool(self.accepted)}
-
-
-@dataclass(frozen=True)
-class Speaker:
-    """An enrolled speaker: clips, seconds of speech in them (0 for embeddings), times as Unix seconds."""
-
-    name: str
-    n_clips: int
-    seconds: float
-    created: float
-    updated: float
-
-    def to_dict(self) -> dict:
-        """``{"name", "n_clips", "seconds", "created", "updated"}``, seconds rounded to 2 decimals: the JSON
-        of the CLI and HTTP API."""
-        return {"name": self.name, "n_clips": self.n_clips, "seconds": round(float(self.seconds), 2),
-                "created": self.created, "updated": self.updated}
 
 
 class SpeakerRegistry:
@@ -88,13 +46,19 @@ class SpeakerRegistry:
     Args:
         path: directory holding ``registry.sqlite`` and ``index.faiss``; created if missing.
         encoder: a :class:`asit_embed.SpeakerEncoder`; default :func:`asit_embed.load_encoder`.
-        threshold: score at or above which a match is accepted; default: the threshold calibrated on the
-            dev speakers and stored in the encoder's checkpoint.
+        far: verification's operating point: the share of impostor trials :meth:`verify` accepts.
+        fpir: identification's operating point: the share of unknown callers :meth:`identify` accepts as
+            someone enrolled, *at the registry's current size* (the threshold rises as speakers enroll).
+        threshold: a fixed score at or above which both accept, instead of the calibrated operating points.
         as_norm: score with adaptive symmetric normalisation against a cohort.
         cohort: ``(m, dim)`` cohort embeddings for AS-norm; default: the training speakers shipped with
             the checkpoint.
         index: an :class:`IndexConfig`, or its ``kind``: ``"auto"`` (exact search below 20 000 speakers,
             IVF above), ``"flat"`` or ``"ivf"``.
+        readonly: open an existing registry for queries only (also from a read-only directory or medium):
+            changes raise :class:`~enroll.errors.ReadOnlyRegistryError`; the index is kept in memory.
+        vad: keep only the speech of every clip (Silero VAD; ``pip install 'asit-embed[vad]'``); a clip
+            without speech is an :class:`~asit_embed.AudioError`. Default: the encoder's setting.
 
     >>> reg = SpeakerRegistry()
     >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
@@ -103,20 +67,32 @@ class SpeakerRegistry:
     ['ada', 'bob']
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, encoder=None, threshold: float | None = None,
-                 as_norm: bool = False, cohort: np.ndarray | None = None, index: IndexConfig | str = "auto"):
+    def __init__(self, path: str | os.PathLike | None = None, *, encoder=None, far: float = DEFAULT_FAR,
+                 fpir: float = DEFAULT_FPIR, threshold: float | None = None, as_norm: bool = False,
+                 cohort: np.ndarray | None = None, index: IndexConfig | str = "auto", vad: bool | None = None,
+                 readonly: bool = False):
         if encoder is None:
             from asit_embed import load_encoder
 
             encoder = load_encoder()
         self.encoder = encoder
+        self.vad = bool(getattr(encoder, "vad", False)) if vad is None else bool(vad)
+        if self.vad:
+            from asit_embed.vad import _load
+
+            _load()  # the install hint now, not at the first clip
         self.dim = int(encoder.dim)
         self.path = None if path is None else Path(path)
+        self.readonly = bool(readonly)
+        if self.readonly and self.path is None:
+            raise RegistryError("readonly=True needs the path of an existing registry")
         if self.path is not None:
             if self.path.exists() and not self.path.is_dir():
                 raise RegistryError(f"registry path {str(self.path)!r} exists and is not a directory")
-            self.path.mkdir(parents=True, exist_ok=True)
-        self._store = Store(":memory:" if self.path is None else str(self.path / "registry.sqlite"))
+            if not self.readonly:
+                self.path.mkdir(parents=True, exist_ok=True)
+        self._store = Store(":memory:" if self.path is None else str(self.path / "registry.sqlite"),
+                            readonly=self.readonly)
         self._check_encoder()
         meta = getattr(encoder, "metadata", {}) or {}
         self.as_norm = None
@@ -125,13 +101,14 @@ class SpeakerRegistry:
             if cohort is None:
                 raise RegistryError("as_norm=True needs a cohort: pass cohort= or use a checkpoint that ships one")
             self.as_norm = ASNorm(np.asarray(cohort, dtype=np.float32))
-        key = "threshold_asnorm" if as_norm else "threshold"
-        if threshold is None:
-            threshold = meta.get(key)
-            if threshold is None:
-                log.warning("encoder carries no calibrated %s; using %.2f", key, DEFAULT_THRESHOLD)
-                threshold = DEFAULT_THRESHOLD
-        self.threshold = float(threshold)
+        for what, rate in (("far", far), ("fpir", fpir)):
+            if not 0 < rate < 1:
+                raise ValueError(f"{what} must be a rate in (0, 1), got {rate!r}")
+        self.far, self.fpir = float(far), float(fpir)
+        self.fixed_threshold = None if threshold is None else float(threshold)
+        self.scoring = "as-norm" if as_norm else "cosine"
+        self._shipped = _shipped_calibration(meta, self.scoring)
+        self._own: tuple[str | None, Calibration | None] = (None, None)  # (stored JSON, parsed)
         self._index = TemplateIndex(self.dim, IndexConfig(kind=index) if isinstance(index, str) else index)
         self._unsaved = 0   # speaker changes in the in-memory index but not in the index file
         path = self._index_file()
@@ -145,15 +122,69 @@ class SpeakerRegistry:
     def flush(self) -> None:
         """Write the index file if the in-memory index has moved past it (``close()`` does this too)."""
         path = self._index_file()
-        if path is not None and self._index.version != self._saved_version:
+        if path is not None and not self.readonly and self._index.version != self._saved_version:
             self._index.save(path, fingerprint=self.encoder.fingerprint, store=self._store.uid)
             self._saved_version, self._unsaved = self._index.version, 0
 
     def close(self) -> None:
         try:
+            if not self.readonly:
+                self._sync()  # another process may have written since: leave the newest index behind
             self.flush()
         finally:
             self._store.close()
+
+    def backup(self, dest: str | os.PathLike) -> Path:
+        """Copy the registry into directory ``dest`` (created; must not hold a registry) while it stays in
+        use: SQLite's online backup of the database, then the copy's index built and saved. Returns ``dest``;
+        it opens as a registry like this one."""
+        if self.path is None:
+            raise RegistryError("an in-memory registry has no files to back up")
+        dest = Path(dest)
+        if (dest / "registry.sqlite").exists():
+            raise RegistryError(f"{str(dest)!r} already holds a registry; back up into a new directory")
+        dest.mkdir(parents=True, exist_ok=True)
+        self._store.backup_to(str(dest / "registry.sqlite"))
+        SpeakerRegistry(dest, encoder=self.encoder, index=self._index.config).close()  # writes its index
+        return dest
+
+    def check(self, *, repair: bool = False) -> dict:
+        """Check the registry: SQLite ``integrity_check``; every template the mean of its clips; the index
+        file present and intact (checksum; one behind the store, as another writer may leave it, is a note,
+        not a problem); the index finding every speaker. With ``repair``, templates are recomputed and the
+        index rebuilt and saved. Returns ``{"ok", "problems", "repaired", "notes"}`` (a damaged database cannot be opened at all: see
+        :func:`enroll.store.salvage`, which ``asit-enroll check --repair`` runs)."""
+        problems, repaired, notes = [], [], []
+        integrity = self._store.integrity()
+        if integrity != ["ok"]:
+            problems.append("database: " + "; ".join(integrity))
+        stale = self._store.template_mismatches()
+        if stale:
+            problems.append(f"templates not the mean of their clips: {', '.join(stale[:10])}")
+            if repair:
+                self._store.rewrite_templates(stale)
+                repaired.append(f"recomputed {len(stale)} template(s)")
+        path = self._index_file()
+        if path is not None:
+            probe = TemplateIndex(self.dim, self._index.config)
+            if not probe.load(path, fingerprint=self.encoder.fingerprint, store=self._store.uid):
+                problems.append("index file missing, damaged or of another store")
+            elif probe.version != self._store.version():  # normal with several writers: caught up at open
+                notes.append(f"index file is at version {probe.version}, the store at {self._store.version()} "
+                             "(brought up to date when opened)")
+        self._sync()
+        ids, templates = self._store.templates()
+        if len(ids):
+            found = self._index.search(templates, 2)  # top 2: a speaker may share another's template
+            lost = int((found != ids[:, None]).all(1).sum())
+            if lost:
+                problems.append(f"the index does not find {lost} speaker(s) by their own template")
+        if repair and (problems or stale):
+            self._index.rebuild(ids, templates, self._store.version())
+            self._saved_version = None
+            self.flush()
+            repaired.append("rebuilt and saved the index")
+        return {"ok": not problems, "problems": problems, "repaired": repaired, "notes": notes}
 
     def __enter__(self) -> SpeakerRegistry:
         return self
@@ -163,11 +194,14 @@ class SpeakerRegistry:
 
     def _check_encoder(self) -> None:
         fp = self.encoder.fingerprint
-        with self._store.transaction() as db:
+        if self.readonly:
             have = self._store.get_meta("encoder_fingerprint")
-            if have is None:
-                self._store.set_meta(db, "encoder_fingerprint", fp)
-                self._store.set_meta(db, "dim", str(self.dim))
+        else:
+            with self._store.transaction() as db:
+                have = self._store.get_meta("encoder_fingerprint")
+                if have is None:
+                    self._store.set_meta(db, "encoder_fingerprint", fp)
+                    self._store.set_meta(db, "dim", str(self.dim))
         if have is not None and have != fp:
             where = "in-memory registry" if self.path is None else f"registry {str(self.path)!r}"
             raise EncoderMismatchError(f"{where} was built with encoder {have}, but the encoder given is {fp}; "
@@ -200,6 +234,94 @@ class SpeakerRegistry:
         if self._unsaved >= max(1, index.config.flush_fraction * len(index)):
             self.flush()
 
+    # --- operating points ----------------------------------------------------------------------------------
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration in use: the registry's own (:meth:`calibrate`), else the one shipped with the
+        encoder's checkpoint; None with a fixed ``threshold`` or an encoder that carries none."""
+        if self.fixed_threshold is not None:
+            return None
+        raw = self._store.get_meta(_calibration_key(self.scoring))  # read each time: another process may calibrate
+        if raw != self._own[0]:
+            self._own = (raw, None if raw is None else Calibration.from_dict(json.loads(raw)))
+        return self._own[1] or self._shipped
+
+    @property
+    def verify_threshold(self) -> float:
+        """The score :meth:`verify` accepts at: the calibration's point of ``far`` false accepts per trial."""
+        cal = self.calibration
+        return self._fallback() if cal is None else cal.verify_threshold(self.far)
+
+    def identify_threshold(self, n_speakers: int | None = None) -> float:
+        """The score :meth:`identify` accepts at with ``n_speakers`` enrolled (default: as many as now): the
+        point where ``fpir`` of unknown callers score that high against at least one of them."""
+        cal = self.calibration
+        if cal is None:
+            return self._fallback()
+        return cal.identify_threshold(len(self) if n_speakers is None else n_speakers, self.fpir)
+
+    @property
+    def threshold(self) -> float:
+        """The identification threshold at the registry's current size (:meth:`identify_threshold`)."""
+        return self.identify_threshold()
+
+    def _fallback(self) -> float:
+        if self.fixed_threshold is not None:
+            return self.fixed_threshold
+        meta = getattr(self.encoder, "metadata", {}) or {}
+        legacy = meta.get("threshold_asnorm" if self.scoring == "as-norm" else "threshold")
+        return DEFAULT_THRESHOLD if legacy is None else float(legacy)
+
+    def operating_points(self) -> dict:
+        """JSON-ready: both thresholds, their targets, the registry's size and the calibration behind them
+        (reported by ``asit-enroll`` and the server)."""
+        cal = self.calibration
+        own = cal is not None and cal is self._own[1]
+        return {"identify_threshold": round(self.identify_threshold(), 4), "fpir": self.fpir,
+                "verify_threshold": round(self.verify_threshold, 4), "far": self.far, "speakers": len(self),
+                "scoring": self.scoring,
+                "calibration": ("fixed threshold" if cal is None and self.fixed_threshold is not None else
+                                None if cal is None else {"kind": "registry" if own else "shipped", **cal.describe()})}
+
+    def calibrate(self, speakers: Mapping[str, object] | None = None, *, sample_rate: int | None = None,
+                  embeddings: bool = False) -> Calibration:
+        """Fit the operating points to your own voices and keep them in the registry (every process opening
+        it uses them from then on).
+
+        ``speakers``: labelled clips, ``{name: clips}`` as for :meth:`enroll_many` (they are not enrolled);
+        with ``None``, the enrolled speakers' own clips, leave-one-out. Every clip is scored against every
+        *other* speaker's template; those impostor scores fix both thresholds. Raises
+        :class:`~asit_embed.calibration.CalibrationError` when there is too little to calibrate from (at
+        least 4 speakers and 150 impostor trials). :meth:`reset_calibration` goes back to the shipped one.
+        """
+        if speakers is None:
+            names, x = self.clip_embeddings()
+            source = "registry: enrolled speakers' clips"
+        else:
+            names, rows = [], []
+            for name, clips in (speakers.items() if isinstance(speakers, Mapping) else speakers):
+                recs = (self._embedding_records(name, clips) if embeddings
+                        else self._clip_records(name, clips, sample_rate, "calibrate(..., embeddings=True)"))
+                names += [name] * len(recs)
+                rows += [r.embedding for r in recs]
+            x = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+            source = "registry: labelled clips"
+        if len(set(names)) < 2:
+            raise CalibrationError(f"too little data to calibrate: {len(set(names))} speaker(s); at least 4 "
+                                   "speakers with 150 impostor trials between them are needed")
+        cal = Calibration.fit(*impostor_scores(x, names, normalize=self._normalize_scores),
+                              source=f"{source} ({len(set(names))} speakers, {len(x)} clips)", scoring=self.scoring)
+        self._store.write_meta(_calibration_key(self.scoring), json.dumps(cal.to_dict()))
+        return cal
+
+    def reset_calibration(self) -> None:
+        """Forget the registry's own calibration; the shipped one applies again."""
+        self._store.write_meta(_calibration_key(self.scoring), None)
+
+    def _normalize_scores(self, scores: np.ndarray, queries: np.ndarray, templates: np.ndarray) -> np.ndarray:
+        """``scores (n, m)`` of ``queries`` against ``templates`` in this registry's scoring."""
+        return scores if self.as_norm is None else self.as_norm.score(scores, queries, templates)
+
     # --- inputs ---------------------------------------------------------------------------------------------
     def _clip_records(self, name: str, clips, sample_rate: int | None, instead: str) -> list[ClipRecord]:
         """Records of one clip or a list of clips, all decoded and embedded (so all checked) before any is
@@ -207,10 +329,10 @@ class SpeakerRegistry:
         if isinstance(clips, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, torch.Tensor)) or (
                 hasattr(clips, "read")):
             clips = [clips]
-        waves = [self.encoder.prepare(clip, _rate(clip, sample_rate, instead)) for clip in clips]
+        waves = [self.encoder.prepare(clip, _rate(clip, sample_rate, instead), vad=self.vad) for clip in clips]
         if not waves:
             raise ValueError(f"no clips given to enroll {name!r}")
-        embeddings = self.encoder.embed_batch(waves, sample_rate=self.encoder.sample_rate)
+        embeddings = self.encoder.embed_batch(waves, sample_rate=self.encoder.sample_rate, vad=False)
         return [ClipRecord(emb, wave.shape[0] / self.encoder.sample_rate, hashlib.sha256(wave.tobytes()).hexdigest())
                 for wave, emb in zip(waves, embeddings)]
 
@@ -247,21 +369,25 @@ class SpeakerRegistry:
         if isinstance(clip, (list, tuple)):
             raise TypeError(f"{caller}() takes one clip, got a {type(clip).__name__}; for many clips use "
                             "identify_embeddings(registry.encoder.embed_batch(clips))")
-        return self.encoder.embed(clip, _rate(clip, sample_rate, "identify_embeddings()"))
+        return self.encoder.embed(clip, _rate(clip, sample_rate, "identify_embeddings()"), vad=self.vad)
 
     # --- enrollment -----------------------------------------------------------------------------------------
-    def enroll(self, name: str, clips, *, sample_rate: int | None = None, replace: bool = False) -> Speaker:
+    def enroll(self, name: str, clips, *, sample_rate: int | None = None, replace: bool = False,
+               allow_duplicates: bool = False) -> Speaker:
         """Enroll ``name`` from one clip or a list: paths, encoded bytes, binary file objects, or waveform
         arrays (mono or multichannel, any rate) with their ``sample_rate``. An existing name gains the clips
         unless ``replace=True``. All clips are embedded before anything is written, so a bad clip leaves the
-        registry unchanged. Precomputed embeddings: :meth:`enroll_embeddings`."""
+        registry unchanged. A clip already enrolled (same decoded audio, under any name) raises
+        :class:`DuplicateClipError` unless ``allow_duplicates=True``. Precomputed embeddings:
+        :meth:`enroll_embeddings`."""
         name = validate_name(name)
         records = self._clip_records(name, clips, sample_rate, "enroll_embeddings()")
-        self._store.add_clips(name, records, replace=replace)
+        self._store.add_many([(name, records)], replace=replace, allow_duplicates=allow_duplicates)
         self._sync()
         return self.speaker(name)
 
-    def enroll_embeddings(self, name: str, vectors, *, replace: bool = False) -> Speaker:
+    def enroll_embeddings(self, name: str, vectors, *, replace: bool = False,
+                          allow_duplicates: bool = False) -> Speaker:
         """Enroll ``name`` from precomputed embeddings of its clips: ``(dim,)`` for one clip or ``(n, dim)``
         (any scale; each is normalised to unit length). As :meth:`enroll` otherwise; the speaker's
         ``seconds`` do not grow, embeddings carrying no duration.
@@ -273,12 +399,13 @@ class SpeakerRegistry:
         """
         name = validate_name(name)
         records = self._embedding_records(name, vectors)
-        self._store.add_clips(name, records, replace=replace)
+        self._store.add_many([(name, records)], replace=replace, allow_duplicates=allow_duplicates)
         self._sync()
         return self.speaker(name)
 
     def enroll_many(self, speakers: Mapping[str, object] | Iterable[tuple[str, object]], *,
-                    sample_rate: int | None = None, replace: bool = False, embeddings: bool = False) -> int:
+                    sample_rate: int | None = None, replace: bool = False, embeddings: bool = False,
+                    allow_duplicates: bool = False) -> int:
         """Enroll many speakers in one transaction: ``{name: clips}`` or ``(name, clips)`` pairs, clips as
         for :meth:`enroll`, or with ``embeddings=True`` precomputed embeddings as for
         :meth:`enroll_embeddings`. Every name is checked and every clip embedded before anything is written,
@@ -305,7 +432,7 @@ class SpeakerRegistry:
             batch.append((name, self._embedding_records(name, clips) if embeddings else
                           self._clip_records(name, clips, sample_rate, "enroll_many(..., embeddings=True)")))
         if batch:
-            self._store.add_many(batch, replace=replace)
+            self._store.add_many(batch, replace=replace, allow_duplicates=allow_duplicates)
             self._sync()
         return len(batch)
 
@@ -346,38 +473,65 @@ class SpeakerRegistry:
             scores = self.as_norm.normalize(scores, queries, mu_t[rows], sd_t[rows])
         scores[ids[rows] != candidates] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        threshold = self.identify_threshold()
         rows, scores = np.take_along_axis(rows, order, 1).tolist(), np.take_along_axis(scores, order, 1).tolist()
-        return [[Match(names[r], s, s >= self.threshold) for r, s in zip(rrow, srow) if s > -np.inf]
+        return [[Match(names[r], s, s >= threshold) for r, s in zip(rrow, srow) if s > -np.inf]
                 for rrow, srow in zip(rows, scores)]
+
+    def track(self, clip, *, sample_rate: int | None = None, window: float = 2.0, hop: float = 1.0) -> list[Turn]:
+        """Who spoke when: the clip in segments (:meth:`~asit_embed.SpeakerEncoder.embed_segments`), each
+        identified at the registry's threshold, consecutive segments of one answer merged into a
+        :class:`Turn`; ``name`` None where nobody enrolled matches. Each segment stands for the ``hop``
+        seconds around its centre (the first from 0, the last to the end)."""
+        segments = self.encoder.embed_segments(clip, _rate(clip, sample_rate, "track"), window=window, hop=hop,
+                                               vad=self.vad)
+        if not segments:
+            return []
+        best = [m[0] if m else None for m in self.identify_embeddings(np.stack([s.embedding for s in segments]), k=1)]
+        turns: list[list] = []
+        for i, (seg, m) in enumerate(zip(segments, best)):
+            centre = (seg.start + seg.end) / 2
+            start = 0.0 if i == 0 else max(turns[-1][1], centre - hop / 2)
+            end = segments[-1].end if i == len(segments) - 1 else centre + hop / 2
+            name = m.name if m is not None and m.accepted else None
+            score = m.score if m is not None else float("nan")
+            if turns and turns[-1][2] == name and abs(turns[-1][1] - start) < 1e-6:
+                turns[-1][1] = end
+                turns[-1][3].append(score)
+            else:
+                turns.append([start, end, name, [score]])
+        return [Turn(round(a, 3), round(b, 3), n, float(np.mean(s))) for a, b, n, s in turns]
 
     def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Match:
         """Score one clip (as for :meth:`enroll`) against ``name``'s template; ``accepted`` says whether it
         is that speaker."""
-        info = self._store.speaker_info(name)
+        info = self._store.speaker_info(normalize_name(name))
         if info is None:
             raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
+        name = normalize_name(name)
         query = self._embed_query(clip, sample_rate, "verify")[None]
         score = query @ info["template"][:, None]
         if self.as_norm is not None:
             mu_t, sd_t = self.as_norm.stats(info["template"][None])
             score = self.as_norm.normalize(score, query, mu_t[:, None], sd_t[:, None])
         s = float(score[0, 0])
-        return Match(name, s, s >= self.threshold)
+        return Match(name, s, s >= self.verify_threshold)
 
     # --- speakers -------------------------------------------------------------------------------------------
     def speaker(self, name: str) -> Speaker:
+        name = normalize_name(name)
         info = self._store.speaker_info(name)
         if info is None:
             raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
         return Speaker(name, info["n_clips"], info["seconds"], info["created"], info["updated"])
 
     def remove(self, name: str) -> None:
-        if not self._store.remove(name):
+        if not self._store.remove(normalize_name(name)):
             raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
         self._sync()
 
     def rename(self, old: str, new: str) -> None:
-        new = validate_name(new)
+        new, old = validate_name(new), normalize_name(old)
         if self._store.speaker_id(old) is None:
             raise UnknownSpeakerError(f"no speaker named {old!r} is enrolled")
         if old != new and self._store.speaker_id(new) is not None:
@@ -387,6 +541,11 @@ class SpeakerRegistry:
 
     def names(self) -> list[str]:
         return self._store.names()
+
+    def clip_embeddings(self) -> tuple[list[str], np.ndarray]:
+        """Every enrolled clip's embedding with its speaker: ``(names, (n, dim) float32)``, by name."""
+        names, x = self._store.clip_embeddings()
+        return names, x.reshape(len(names), self.dim)
 
     def templates(self) -> tuple[list[str], np.ndarray]:
         """Every enrolled speaker's template, the vector queries are scored against (the renormalised mean
@@ -408,7 +567,7 @@ class SpeakerRegistry:
         return self._store.count()
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._store.speaker_id(name) is not None
+        return isinstance(name, str) and self._store.speaker_id(normalize_name(name)) is not None
 
     # --- deprecated (removed in the next release) -----------------------------------------------------------
     def identify_batch(self, clips: Sequence, *, k: int = 5, sample_rate: int | None = None) -> list[list[Match]]:
@@ -438,6 +597,16 @@ class SpeakerRegistry:
         return self._index
 
 
+def _calibration_key(scoring: str) -> str:
+    return f"calibration:{scoring}"
+
+
+def _shipped_calibration(meta: dict, scoring: str) -> Calibration | None:
+    """The calibration stored in the checkpoint for ``scoring`` (None when it carries none)."""
+    table = (meta.get("calibrations") or {}).get(scoring)
+    return None if table is None else Calibration.from_dict(table)
+
+
 def _rate(clip, sample_rate: int | None, instead: str) -> int | None:
     """The rate to decode ``clip`` with: ``sample_rate`` for a waveform array, which needs one; None for an
     encoded clip (a path, bytes, a file object), which carries its own."""
@@ -457,14 +626,3 @@ def _check_k(k: int) -> None:
 def _deprecated(old: str, new: str) -> None:
     warnings.warn(f"SpeakerRegistry.{old} is deprecated and will be removed in the next release; use {new}",
                   DeprecationWarning, stacklevel=3)
-
-
-def validate_name(name: str) -> str:
-    """A speaker name: a non-empty string of at most 100 printable characters, no surrounding spaces."""
-    if not isinstance(name, str):
-        raise TypeError(f"speaker name must be a string, got {type(name).__name__}")
-    if not name or name != name.strip() or len(name) > MAX_NAME:
-        raise ValueError(f"speaker name {name!r} must be 1–{MAX_NAME} characters without surrounding spaces")
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ValueError(f"speaker name {name!r} contains control characters")
-    return name

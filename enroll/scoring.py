@@ -28,3 +28,8 @@ class ASNorm:
         """AS-norm of ``scores (n, k)`` for ``queries (n, dim)`` against templates with stats ``(n, k)``."""
         mu_e, sd_e = self.stats(queries)
         return 0.5 * ((scores - mu_e[:, None]) / sd_e[:, None] + (scores - mu_t) / sd_t)
+
+    def score(self, scores: np.ndarray, queries: np.ndarray, templates: np.ndarray) -> np.ndarray:
+        """AS-norm of ``scores (n, m)``, the cosines of ``queries (n, dim)`` against ``templates (m, dim)``."""
+        mu_t, sd_t = self.stats(templates)
+        return self.normalize(scores, queries, np.broadcast_to(mu_t, scores.shape), np.broadcast_to(sd_t, scores.shape))

@@ -9,7 +9,9 @@ re-reading only the speakers changed after ``v``.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -18,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+from enroll.errors import DuplicateClipError, ReadOnlyRegistryError, RegistryDatabaseError, RegistryError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,6 +49,10 @@ CREATE INDEX IF NOT EXISTS changes_by_version ON changes(version);
 """
 
 
+SCHEMA_VERSION = 1   # meta.schema; a store without it predates the key and is version 1
+OWN_TABLES = {"meta", "speakers", "clips"}
+
+
 @dataclass(frozen=True)
 class ClipRecord:
     embedding: np.ndarray   # (dim,) float32, unit norm
@@ -55,9 +63,49 @@ class ClipRecord:
 class Store:
     """Thin typed layer over one SQLite file. Not shared across threads: open one per thread/process."""
 
-    def __init__(self, path: str, *, timeout: float = 60.0):
+    def __init__(self, path: str, *, timeout: float = 60.0, readonly: bool = False):
         self.path = path
-        self.db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        self.readonly = readonly
+        existing = path != ":memory:" and os.path.exists(path)
+        if readonly and not existing:
+            raise RegistryDatabaseError(f"no registry database at {path!r} to open read-only")
+        if existing and os.path.getsize(path) == 0:
+            raise RegistryDatabaseError(f"{path!r} is an empty file, not a registry database (a copy taken while "
+                                        "the registry was open?); restore a backup, or delete it to start afresh")
+        try:
+            if readonly:
+                # A read-only directory cannot hold SQLite's shared-memory file: read the file as immutable.
+                writable = os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+                uri = f"file:{os.path.abspath(path)}?mode=ro" + ("" if writable else "&immutable=1")
+                self.db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                                          check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            if existing:
+                self._check_existing()
+            if not readonly:
+                self._create()
+        except sqlite3.Error as err:
+            raise RegistryDatabaseError(f"cannot open registry database {path!r}: {err}") from err
+        self.uid = self.get_meta("uid")
+
+    def _check_existing(self) -> None:
+        """An existing file must be our database, undamaged (``quick_check``) and of a schema we know."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not OWN_TABLES <= tables:
+            raise RegistryDatabaseError(f"{self.path!r} is an SQLite database but not a speaker registry "
+                                        f"(tables: {', '.join(sorted(tables)) or 'none'})")
+        problems = [r[0].replace("\n", "; ") for r in self.db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise RegistryDatabaseError(f"registry database {self.path!r} is damaged ({'; '.join(problems)}); "
+                                        "restore a backup (asit-enroll backup) or salvage it with "
+                                        "'asit-enroll check --repair'")
+        schema = int(self.get_meta("schema") or 1)
+        if schema > SCHEMA_VERSION:
+            raise RegistryDatabaseError(f"registry {self.path!r} has schema {schema}, newer than this version "
+                                        f"of asit-embed reads ({SCHEMA_VERSION}); upgrade asit-embed")
+
+    def _create(self) -> None:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
@@ -69,21 +117,38 @@ class Store:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('uid', ?)", (uuid.uuid4().hex,))
             # a store older than the changes table has recorded changes only from its current version on
             self.db.execute("INSERT OR IGNORE INTO meta SELECT 'changes_since', value FROM meta WHERE key = 'version'")
-        self.uid = self.get_meta("uid")
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
+        """Close the connection, first folding the write-ahead log into the database file, so that file alone
+        holds every change (a copy of it is a whole registry)."""
+        if not self.readonly:
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:  # another connection holds a lock: its own close folds the log in
+                pass
         self.db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: takes the write lock at once, commits on success, rolls back on any error."""
-        self.db.execute("BEGIN IMMEDIATE")
+        if self.readonly:
+            raise ReadOnlyRegistryError(f"registry {os.path.dirname(self.path)!r} is open read-only")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise _database_error(self.path, err) from err
         try:
             yield self.db
-        except BaseException:
+        except BaseException as err:
             self.db.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise _database_error(self.path, err) from err
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as err:
+            raise _database_error(self.path, err) from err
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -94,6 +159,47 @@ class Store:
         finally:
             self.db.execute("COMMIT")
 
+    def backup_to(self, path: str) -> None:
+        """Copy the database to a new file with SQLite's online backup (a consistent state, writers or not);
+        the copy gets its own uid, so no index file of this store is ever taken for the copy's."""
+        dst = sqlite3.connect(path, isolation_level=None)
+        try:
+            self.db.backup(dst)
+            dst.execute("UPDATE meta SET value = ? WHERE key = 'uid'", (uuid.uuid4().hex,))
+            dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            dst.close()
+
+    def integrity(self) -> list[str]:
+        """SQLite's full ``integrity_check``: ``["ok"]`` or the problems found."""
+        return [r[0].replace("\n", "; ") for r in self.db.execute("PRAGMA integrity_check(20)")]
+
+    def template_mismatches(self, tolerance: float = 1e-4) -> list[str]:
+        """Names of speakers whose stored template is not the renormalised mean of their clips (or who have
+        no clips)."""
+        bad = []
+        for sid, name, template in self.db.execute("SELECT id, name, template FROM speakers"):
+            clips = _matrix([r[0] for r in self.db.execute("SELECT embedding FROM clips WHERE speaker_id = ?",
+                                                           (sid,))])
+            stored = np.frombuffer(template, dtype=np.float32)
+            if not len(clips) or np.abs(np.frombuffer(_template(clips), dtype=np.float32) - stored).max() > tolerance:
+                bad.append(name)
+        return bad
+
+    def rewrite_templates(self, names: Sequence[str]) -> None:
+        """Recompute the templates of ``names`` from their clips (a speaker with no clips is removed)."""
+        with self.transaction() as db:
+            sids = []
+            for name in names:
+                sid = db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()[0]
+                clips = _matrix([r[0] for r in db.execute("SELECT embedding FROM clips WHERE speaker_id = ?", (sid,))])
+                if len(clips):
+                    db.execute("UPDATE speakers SET template = ? WHERE id = ?", (_template(clips), sid))
+                else:
+                    db.execute("DELETE FROM speakers WHERE id = ?", (sid,))
+                sids.append(sid)
+            self.bump(db, sids)
+
     # --- meta -------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -101,6 +207,14 @@ class Store:
 
     def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def write_meta(self, key: str, value: str | None) -> None:
+        """Set (or with ``None`` delete) one meta value in its own transaction."""
+        with self.transaction() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                self.set_meta(db, key, value)
 
     def version(self) -> int:
         return int(self.get_meta("version") or 0)
@@ -147,6 +261,11 @@ class Store:
         there are none)."""
         return _keyed_matrix(self.db.execute("SELECT name, template FROM speakers ORDER BY name"))
 
+    def clip_embeddings(self) -> tuple[list[str], np.ndarray]:
+        """Every stored clip embedding with its speaker's name: ``(names, (n, dim) float32)``."""
+        return _keyed_matrix(self.db.execute("SELECT s.name, c.embedding FROM clips c JOIN speakers s "
+                                             "ON s.id = c.speaker_id ORDER BY s.name, c.id"))
+
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
         """The speakers of ``ids`` (repeats allowed) still enrolled: ``(ids (n,) int64, names, templates
         (n, dim) float32)``, each once, in id order (``(0, 0)`` templates when there are none)."""
@@ -170,12 +289,16 @@ class Store:
         template (renormalised mean of all its clip embeddings); one transaction. Returns the speaker id."""
         return self.add_many([(name, clips)], replace=replace)[0]
 
-    def add_many(self, speakers: Sequence[tuple[str, Sequence[ClipRecord]]], *, replace: bool) -> list[int]:
+    def add_many(self, speakers: Sequence[tuple[str, Sequence[ClipRecord]]], *, replace: bool,
+                 allow_duplicates: bool = False) -> list[int]:
         """:meth:`add_clips` for each ``(name, clips)`` pair (names distinct), all in one transaction.
-        Returns the speaker ids."""
+        A clip whose hash is already enrolled (or given twice) raises :class:`DuplicateClipError` unless
+        ``allow_duplicates``; with ``replace`` the speaker's own old clips do not count. Returns the speaker ids."""
         now = time.time()
         sids = []
         with self.transaction() as db:
+            if not allow_duplicates:
+                self._refuse_duplicates(db, speakers, replace)
             for name, clips in speakers:
                 embs = np.stack([c.embedding for c in clips]).astype(np.float32)
                 row = db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
@@ -199,6 +322,21 @@ class Store:
             self.bump(db, sids)
         return sids
 
+    @staticmethod
+    def _refuse_duplicates(db: sqlite3.Connection, speakers, replace: bool) -> None:
+        seen: dict[str, str] = {}
+        for name, clips in speakers:
+            for c in clips:
+                if c.sha256 in seen:
+                    raise DuplicateClipError(f"the same clip is given twice (for {seen[c.sha256]!r} and {name!r})")
+                seen[c.sha256] = name
+        rows = db.execute("SELECT c.sha256, s.name FROM clips c JOIN speakers s ON s.id = c.speaker_id "
+                          "WHERE c.sha256 IN (SELECT value FROM json_each(?))", (json.dumps(list(seen)),))
+        for sha, owner in rows:
+            if not (replace and owner == seen[sha]):
+                raise DuplicateClipError(f"a clip given for {seen[sha]!r} is already enrolled as {owner!r} "
+                                         "(pass allow_duplicates=True to enroll it again)")
+
     def remove(self, name: str) -> bool:
         with self.transaction() as db:
             row = db.execute("DELETE FROM speakers WHERE name = ? RETURNING id", (name,)).fetchone()
@@ -208,8 +346,83 @@ class Store:
 
     def rename(self, old: str, new: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE speakers SET name = ?, updated = ? WHERE name = ?", (new, time.time(), old))
+            try:
+                db.execute("UPDATE speakers SET name = ?, updated = ? WHERE name = ?", (new, time.time(), old))
+            except sqlite3.IntegrityError:  # another process enrolled ``new`` since the caller checked
+                raise RegistryError(f"cannot rename {old!r} to {new!r}: {new!r} is already enrolled") from None
             self.bump(db)
+
+
+def salvage(path: str) -> tuple[str, int]:
+    """Copy what can still be read of a damaged database into a fresh one at ``path``; the damaged file is
+    kept beside it as ``<path>.damaged-<time>``. Returns ``(damaged copy's path, speakers recovered)``."""
+    damaged = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, damaged + suffix)
+    src = sqlite3.connect(damaged)
+    fresh = Store(path)  # our schema, empty
+    try:
+        fresh.db.execute("PRAGMA foreign_keys=OFF")  # a clip may have lost its speaker's row: dropped below
+        with fresh.transaction() as db:
+            db.execute("DELETE FROM meta")
+            for table in ("meta", "speakers", "clips", "changes"):
+                rows = _readable_rows(src, table)
+                if rows:
+                    marks = ",".join("?" * len(rows[0]))
+                    db.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", rows)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('uid', ?)", (uuid.uuid4().hex,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('changes_since', "
+                       "(SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'version'))")
+            db.execute("DELETE FROM clips WHERE speaker_id NOT IN (SELECT id FROM speakers)")
+            fresh.bump(db)
+        fresh.db.execute("PRAGMA foreign_keys=ON")
+        fresh.rewrite_templates(fresh.names())
+        return damaged, fresh.count()
+    finally:
+        src.close()
+        fresh.close()
+
+
+def _readable_rows(src: sqlite3.Connection, table: str, *, give_up_after: int = 5000) -> list[tuple]:
+    """The rows of ``table`` that can still be read: all at once, or else one rowid at a time (stopping after
+    ``give_up_after`` rowids in a row that are missing or unreadable)."""
+    try:
+        return src.execute(f"SELECT * FROM {table}").fetchall()
+    except sqlite3.DatabaseError:
+        pass
+    rows, misses, rowid = [], 0, 0
+    while misses < give_up_after:
+        rowid += 1
+        try:
+            found = src.execute(f"SELECT * FROM {table} WHERE rowid = ?", (rowid,)).fetchall()
+        except sqlite3.DatabaseError:
+            found = []
+        rows += found
+        misses = 0 if found else misses + 1
+    return rows
+
+
+def _database_error(path: str, err: sqlite3.Error) -> RegistryDatabaseError:
+    return RegistryDatabaseError(f"registry database {path!r}: {err}")
+
+
+def _wrap_errors(cls):
+    """Every public method raises :class:`RegistryDatabaseError` for an SQLite error, not ``sqlite3.Error``."""
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("_") or not callable(fn) or name in ("transaction", "snapshot"):
+            continue
+
+        @functools.wraps(fn)
+        def wrapped(self, *args, __fn=fn, **kwargs):
+            try:
+                return __fn(self, *args, **kwargs)
+            except sqlite3.Error as err:
+                raise _database_error(self.path, err) from err
+
+        setattr(cls, name, wrapped)
+    return cls
 
 
 def _template(embeddings: np.ndarray) -> bytes:
@@ -232,3 +445,6 @@ def _matrix(blobs: list[bytes]) -> np.ndarray:
     if not blobs:
         return np.zeros((0, 0), np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+
+
+Store = _wrap_errors(Store)

@@ -304,3 +304,29 @@ def test_compressed_formats(tmp_path, speech, fmt, subtype):
     rms = lambda x: float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))  # noqa: E731
     assert rms(out) == pytest.approx(rms(speech), rel=0.2)  # the same speech, lossy
     assert np.array_equal(load_audio(path.read_bytes()), out)
+
+
+def test_flac_of_unknown_length_is_a_clear_audio_error(clip_rows):
+    """A FLAC whose STREAMINFO gives no length (streaming encoders write these): an AudioError that says so,
+    not a bare ValueError or LibsndfileError."""
+    data = bytearray(open(clip_rows[0]["path"], "rb").read())
+    assert data[:4] == b"fLaC"
+    data[21] &= 0xF0
+    data[22:42] = bytes(20)  # total samples and MD5 unknown
+    with pytest.raises(AudioError, match="does not state its length"):
+        load_audio(bytes(data))
+
+
+def test_a_header_claiming_a_tiny_rate_is_refused_before_decoding(tmp_path):
+    import soundfile as sf
+
+    path = tmp_path / "tiny.wav"
+    sf.write(path, np.full(2000, 0.5, dtype=np.float32), 1, subtype="PCM_16")  # 2000 s at 1 Hz in 4 KB
+    with pytest.raises(AudioError, match="sample rate 1 Hz"):
+        load_audio(path)
+
+
+def test_decoder_errors_name_the_upload_not_a_python_object():
+    with pytest.raises(AudioError) as info:
+        load_audio(io.BytesIO(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk"))
+    assert "object at 0x" not in str(info.value)

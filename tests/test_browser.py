@@ -28,7 +28,8 @@ expect = sync_api.expect
 
 @pytest.fixture(scope="module")
 def base_url(encoder, tmp_path_factory):
-    app = create_app(tmp_path_factory.mktemp("reg"), encoder=encoder)
+    # one fixed accept score: the page's behaviour, not the calibration (tests/test_calibration.py), is tested here
+    app = create_app(tmp_path_factory.mktemp("reg"), encoder=encoder, threshold=0.5)
     server = make_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -22,23 +22,33 @@ def test_embed_bad_file_is_a_clear_error(tmp_path, capsys):
 
 def test_evaluate_on_bundled_clips(clips_manifest, tmp_path, capsys):
     assert embed_main(["evaluate", "--data", str(clips_manifest), "--n-enroll", "3", "--out",
-                       str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
+                       str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "--sizes", "1",
+                       "--det", str(tmp_path / "det.png")]) == 0
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["n_speakers"] == 6 and summary["n_probes"] == 18 and 0 <= summary["eer"] <= 1
     assert (tmp_path / "r.png").stat().st_size > 1000
+    # open set at the shipped operating point: one of three speakers enrolled, the other two call in
+    open_set = summary["calibrated_open_set"]
+    assert open_set["shipped"] == "the checkpoint's" and open_set["1"]["draws"] == 500
+    assert 0 <= open_set["1"]["fpir_shipped"] <= 1 and 0 <= open_set["1"]["tpir_shipped"] <= 1
+    assert "fpir_own" not in open_set["1"]  # three speakers a half are too few to calibrate from
+    assert (tmp_path / "det.png").stat().st_size > 1000
 
 
 def test_enroll_cli_round_trip(cli_registry, capsys):
     reg, a, _ = cli_registry
     capsys.readouterr()
-    assert enroll_main(reg + ["--json", "identify", a[4], "--k", "2"]) == 0
+    assert enroll_main(reg + ["--json", "identify", a[4], "--k", "2", "--threshold", "0.5"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result[0]["clip"] == a[4] and [m["name"] for m in result[0]["matches"]] == ["alice", "bob"]
+    assert result[0]["threshold"] == 0.5 and result[0]["clip"] == a[4] and [m["name"] for m in result[0]["matches"]] == ["alice", "bob"]
     assert [list(m) for m in result[0]["matches"]] == [["name", "score", "accepted"]] * 2
     assert [m["accepted"] for m in result[0]["matches"]] == [True, False]
-    assert enroll_main(reg + ["--json", "verify", "bob", a[4]]) == 1  # alice's voice claiming to be bob
+    assert enroll_main(reg + ["--json", "verify", "bob", a[4], "--threshold", "0.5"]) == 1  # alice's voice as bob
     claim = json.loads(capsys.readouterr().out)
-    assert claim == {"name": "bob", "score": claim["score"], "accepted": False} and claim["score"] < 0.4
+    assert claim == {"name": "bob", "score": claim["score"], "accepted": False, "threshold": 0.5}
+    assert claim["score"] < 0.4
+    assert enroll_main(reg + ["verify", "alice", a[4], "--threshold", "0.5"]) == 0
+    assert "same speaker" in capsys.readouterr().out
     assert enroll_main(reg + ["--json", "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in listed] == ["alice", "bob"] and [s["n_clips"] for s in listed] == [3, 3]

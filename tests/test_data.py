@@ -160,3 +160,16 @@ def test_speed_copies_are_new_speakers(tmp_path):
     torch.manual_seed(0)
     assert [peak_hz(data[i][0]) for i in (0, 2, 4)] == pytest.approx([1000, 900, 1100], abs=4)
     assert all(data[i][0].shape == (8000,) for i in range(6))
+
+
+def test_a_folder_tree_holds_out_dev_speakers(tmp_path, clips_manifest):
+    root = tmp_path / "mine"
+    for spk in CLIPS_SPEAKERS:
+        shutil.copytree(clips_manifest.parent / spk, root / spk)
+    train, dev = load_items(root, role="train"), load_items(root, role="dev")
+    train_speakers, dev_speakers = {it.speaker for it in train}, {it.speaker for it in dev}
+    assert len(dev_speakers) >= 2 and train_speakers and not train_speakers & dev_speakers
+    assert len(train) + len(dev) == len(load_items(root)) == 36
+    assert load_items(root, role="dev") == dev  # stable
+    with pytest.raises(ValueError, match="no speakers of role 'test'"):
+        load_items(root, role="test")

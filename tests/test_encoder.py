@@ -130,10 +130,13 @@ def test_from_model_wraps_in_memory_models():
 
 
 def test_model_card_describes_the_bundled_checkpoint(encoder):
-    """The card's fingerprint and dev threshold are those of the checkpoint that ships beside it."""
+    """The card's fingerprint and operating points are those of the checkpoint that ships beside it."""
     from asit_embed import encoder as encoder_module
+    from asit_embed.calibration import Calibration
 
     card = (Path(encoder_module.__file__).parent / "pretrained" / "MODEL_CARD.md").read_text()
     assert re.search(r"\| fingerprint \| `([0-9a-f]{16})`", card).group(1) == encoder.fingerprint
-    threshold = re.search(r"Default threshold: (0\.\d+)", card).group(1)
-    assert f"{encoder.metadata['threshold']:.3f}" == threshold
+    cal = Calibration.from_dict(encoder.metadata["calibrations"]["cosine"])
+    verify = re.search(r"Verify threshold \(1 % of impostor trials\): (0\.\d+)", card).group(1)
+    identify = re.search(r"identify threshold with 5 speakers enrolled \(FPIR 1 %\): (0\.\d+)", card).group(1)
+    assert verify == f"{cal.verify_threshold(0.01):.3f}" and identify == f"{cal.identify_threshold(5, 0.01):.3f}"

@@ -69,3 +69,20 @@ def test_band_limit_makes_telephone_and_wideband_audio_alike(speech):
     full_gap = (features(narrow, full_cfg) - features(speech, full_cfg)).abs().mean()
     limited_gap = (features(narrow, SHIPPED) - wide).abs().mean()
     assert limited_gap < 0.05 * full_gap and limited_gap < 0.05
+
+
+def test_long_clips_give_the_same_features_and_resampling_in_blocks():
+    """Blockwise fbank and resampling (memory bounded by the block) equal processing in one piece."""
+    import numpy as np
+    import torchaudio.functional as AF
+
+    from asit_embed.audio import resample
+    from asit_embed.config import FrontEndConfig
+    from asit_embed.features import FBANK_BLOCK_FRAMES, _kaldi_fbank, fbank
+
+    config = FrontEndConfig()
+    wave = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, 16000 * 65).astype(np.float32))
+    assert fbank(wave, config).shape[0] > 2 * FBANK_BLOCK_FRAMES
+    assert torch.equal(fbank(wave, config), _kaldi_fbank(wave, config))
+    x = np.random.default_rng(1).normal(0, 0.1, 44100 * 60).astype(np.float32)
+    assert np.array_equal(resample(x, 44100, 16000), AF.resample(torch.from_numpy(x), 44100, 16000).numpy())

@@ -100,3 +100,20 @@ def test_open_set_separates_good_from_random_embeddings():
     bad = evaluate_embeddings(noise, speakers, keys, n_enroll=3, open_set=True).open_set
     # Random vectors: at 1 % FPIR almost no genuine caller is both right and accepted; EER near chance.
     assert bad["tpir_at_fpir"] < 0.1 and bad["open_set_eer"] > 0.3
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_eer_and_min_dcf_equal_speechbrains(ties):
+    """The counting implementation gives SpeechBrain's EER and minDCF exactly (theirs needs O(n²) memory)."""
+    import torch
+    from speechbrain.utils.metric_stats import EER, minDCF
+
+    from asit_embed.training.metrics import eer, min_dcf
+
+    rng = np.random.default_rng(3)
+    pos, neg = rng.normal(0.6, 0.15, 200), rng.normal(0.1, 0.2, 2000)
+    if ties:
+        pos, neg = np.round(pos, 2), np.round(neg, 2)
+    assert eer(pos, neg) == EER(torch.as_tensor(pos), torch.as_tensor(neg))
+    cost, threshold = minDCF(torch.as_tensor(pos), torch.as_tensor(neg))
+    assert min_dcf(pos, neg) == (pytest.approx(cost / 0.01), pytest.approx(threshold))

@@ -18,5 +18,6 @@ def test_readme_has_python_blocks():
 def test_readme_block_runs(index, tmp_path, monkeypatch):
     # A copy of the clips in a scratch folder, so the block's registry lands there and not in the checkout.
     shutil.copytree(ROOT / "examples" / "clips", tmp_path / "examples" / "clips")
+    shutil.copy(ROOT / "examples" / "conversation.flac", tmp_path / "examples" / "conversation.flac")
     monkeypatch.chdir(tmp_path)
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": "__readme__"})  # raises if it fails

@@ -28,7 +28,8 @@ def clips(clip_rows):
 
 @pytest.fixture(scope="module")
 def app(encoder, tmp_path_factory, clips):
-    app = create_app(tmp_path_factory.mktemp("reg"), encoder=encoder)
+    # one fixed accept score: the API's behaviour, not the calibration (tests/test_calibration.py), is tested here
+    app = create_app(tmp_path_factory.mktemp("reg"), encoder=encoder, threshold=0.5)
     client = app.test_client()
     for name, spk in (("ada", ADA), ("bob", BOB)):
         r = client.post(f"/speakers/{name}", data={"files": [upload(p) for p, _ in clips[spk][:3]]})
@@ -85,7 +86,7 @@ def test_identify_ranks_the_speaker_first_and_agrees_with_the_registry(client, a
     assert [m["name"] for m in matches] == ["ada", "bob"]
     assert matches[0]["score"] >= body["threshold"] > matches[1]["score"]
     assert matches[0]["accepted"] is True and matches[1]["accepted"] is False  # ada accepted, bob rejected
-    with SpeakerRegistry(app.extensions["enroll"].registries.path, encoder=encoder) as reg:
+    with SpeakerRegistry(app.extensions["enroll"].registries.path, encoder=encoder, threshold=0.5) as reg:
         direct = reg.identify(held_out, k=2)
     assert [m["name"] for m in matches] == [m.name for m in direct]
     assert np.allclose([m["score"] for m in matches], [m.score for m in direct], atol=1e-4)
@@ -272,7 +273,7 @@ def test_enroll_and_identify_concurrently(app, clips):
     def enroll():
         client = app.test_client()
         for i in range(3):
-            r = client.post(f"/speakers/conc{i}", data={"files": upload(clips[CARL][i][0])})
+            r = client.post(f"/speakers/conc{i}", data={"files": upload(clips[CARL][i][0]), "allow_duplicates": "1"})
             if r.status_code == 201:
                 enrolled.append(f"conc{i}")
             else:

@@ -39,6 +39,8 @@ def test_tiny_run_overfits_real_clips(tmp_path, clips_manifest):
     assert log[-1]["train_acc"] > log[0]["train_acc"] and log[-1]["train_acc"] >= 0.8
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "best.pt"))
     assert ckpt.metadata["speakers"] == sorted({"0036", "0070", "1027", "1418", "3020", "9611"})
+    final = load_checkpoint(os.path.join(cfg.out_dir, "final.pt"))  # the network the schedule ended with
+    assert final.metadata["dev"]["final_epoch"] == 12 and final.config == ckpt.config
 
 
 @pytest.mark.slow
@@ -129,3 +131,20 @@ def test_head_warmup_leaves_the_network_untouched(tmp_path, clips_manifest):
     train(cfg, resume=True)
     state = torch.load(os.path.join(cfg.out_dir, "last.pt"), weights_only=True)["model"]
     assert not torch.equal(state["encoder.blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
+
+
+def test_a_folder_of_speaker_folders_trains_out_of_the_box(tmp_path, clips_manifest):
+    """Default roles: the folder holds some speakers out as dev, so training selects on unseen speakers."""
+    import shutil
+
+    root = tmp_path / "mine"
+    for spk in ("0036", "0070", "1027", "1418", "3020", "9611"):
+        shutil.copytree(clips_manifest.parent / spk, root / spk)
+    cfg = TrainConfig(data=str(root), out_dir=str(tmp_path / "run"), encoder=TINY, augment=NO_AUG, epochs=1,
+                      batch_size=8, n_enroll=3)
+    record = train(cfg)
+    assert 0 <= record["dev_eer"] <= 1
+    from asit_embed.training.data import load_items
+
+    info = json.load(open(tmp_path / "run" / "config.json"))
+    assert info["train_speakers"] == 6 - len({it.speaker for it in load_items(root, role="dev")}) == 4

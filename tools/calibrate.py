@@ -1,12 +1,18 @@
-"""Turn a trained checkpoint into the shipped default: calibrate thresholds on dev, attach the AS-norm
-cohort, store compactly (fp16).
+"""Turn a trained checkpoint into the shipped default: calibrate the operating points on the dev speakers,
+attach the AS-norm cohort, store compactly (fp16).
 
-    python tools/calibrate.py runs/ft_d15_full/best.pt asit_embed/pretrained/default.pt
+    python tools/calibrate.py runs/ft/best.pt asit_embed/pretrained/default.pt
 
-- ``threshold``: the EER point of raw cosine scores on the ``dev`` speakers (unseen in training) under the
-  evaluation protocol (5 enrollment clips per speaker, the rest probes).
-- ``cohort``: one unit embedding per *training* speaker (the mean of its clips), for AS-norm.
-- ``threshold_asnorm`` and the dev metrics with AS-norm, so a registry can switch it on.
+- ``calibrations``: for cosine and for AS-norm scoring, the impostor score table of
+  :class:`asit_embed.calibration.Calibration` from the ``dev`` speakers (unseen in training) of the dev sets
+  named by ``--calibrate-on`` (default: speechocean762; ``speechocean762 words`` pools both, each weighted
+  equally), under their evaluation protocols. The registry derives from it the verification threshold (a
+  false-accept rate per trial) and the identification threshold for its current size (a false-positive
+  identification rate). Both dev sets are scored either way, and the metadata records which calibrated.
+- ``threshold`` / ``threshold_asnorm``: the EER points on speechocean762 dev (used only by registries that
+  are given no calibration; kept for the record).
+- ``cohort``: one unit embedding per *training* speaker of the three corpora (the mean of its clips), for
+  AS-norm.
 Writes ``benchmarks/results/calibration.json`` with every number it stored.
 """
 
@@ -20,74 +26,86 @@ import numpy as np
 import torch
 
 from asit_embed import load_encoder
+from asit_embed.calibration import Calibration
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
-from asit_embed.training.data import read_manifest
-from asit_embed.training.metrics import eer, enrollment_split, evaluate_embeddings, min_dcf
+from asit_embed.training.data import load_sources
+from asit_embed.training.metrics import PROTOCOLS, eer, enrollment_split, evaluate_embeddings, protocol_trials
 from enroll.scoring import ASNorm
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MANIFEST = ROOT.parent / "shared" / "data" / "speechocean762" / "manifest.csv"
+DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"  # beside the other measurements of the shipped model
+FPIR_SIZES = (1, 5, 25, 100, 1000, 10000)
 
 
 def speaker_means(emb: np.ndarray, speakers: list[str]) -> np.ndarray:
-    names = sorted(set(speakers))
-    means = np.stack([emb[[i for i, s in enumerate(speakers) if s == n]].mean(0) for n in names])
+    names, label = np.unique(np.asarray(speakers), return_inverse=True)
+    means = np.zeros((len(names), emb.shape[1]))
+    np.add.at(means, label, emb)
     return means / np.linalg.norm(means, axis=1, keepdims=True)
-
-
-def asnorm_eval(emb, speakers, keys, cohort, n_enroll=5) -> dict:
-    enroll, probe = enrollment_split(keys, speakers, n_enroll=n_enroll)
-    names = sorted(set(speakers))
-    templates = speaker_means(emb[enroll], [speakers[i] for i in enroll])
-    norm = ASNorm(cohort)
-    raw = emb[probe] @ templates.T
-    mu_t, sd_t = norm.stats(templates)
-    scores = norm.normalize(raw, emb[probe], np.broadcast_to(mu_t, raw.shape), np.broadcast_to(sd_t, raw.shape))
-    truth = np.array([names.index(speakers[i]) for i in probe])
-    rows = np.arange(len(probe))
-    tgt, non = scores[rows, truth], np.delete(scores, truth + rows * len(names))
-    e, th = eer(tgt, non)
-    return {"top1": round(float((scores.argmax(1) == truth).mean()), 4), "eer": round(e, 4),
-            "min_dcf": round(min_dcf(tgt, non)[0], 4), "threshold": th}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
+    p.add_argument("--manifest", type=Path, default=DATA / "speechocean762" / "manifest.csv")
+    p.add_argument("--words", type=Path, nargs="+", default=[DATA / "speech-commands-test" / "manifest.csv",
+                                                              DATA / "arabic-speech-commands" / "manifest.csv"])
+    p.add_argument("--calibrate-on", nargs="+", choices=("speechocean762", "words"), default=["speechocean762"],
+                   help="dev sets whose impostor trials make the shipped calibration")
     args = p.parse_args()
-    if not args.manifest.is_file():
-        p.error(f"manifest {args.manifest} not found: calibration needs the speechocean762 corpus (pass --manifest)")
-    manifest = args.manifest
+    for path in (args.manifest, *args.words):
+        if not path.is_file():
+            p.error(f"manifest {path} not found: calibration needs the corpora of ../shared/data (pass --manifest / --words)")
     t0 = time.monotonic()
     encoder = load_encoder(args.checkpoint, precision="float32")  # the reference precision
-    dev = read_manifest(manifest, role="dev")
-    train = read_manifest(manifest, role="train")
-    dev_emb = encoder.embed_batch([it.path for it in dev], progress=True)
-    train_emb = encoder.embed_batch([it.path for it in train], progress=True)
-    dev_spk, dev_keys = [it.speaker for it in dev], [it.path for it in dev]
-    res = evaluate_embeddings(dev_emb, dev_spk, dev_keys)
-    cohort = speaker_means(train_emb, [it.speaker for it in train])
-    asn = asnorm_eval(dev_emb, dev_spk, dev_keys, cohort)
+    dev = {"speechocean762": load_sources(args.manifest, role="dev"), "words": load_sources(args.words, role="dev")}
+    train = load_sources([args.manifest, *args.words], role="train")
+    cohort = speaker_means(encoder.embed_batch([it.path for it in train], progress=True), [it.speaker for it in train])
+
+    sets, results = {}, {}
+    for name, items in dev.items():
+        emb = encoder.embed_batch([it.path for it in items], progress=True)
+        x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        speakers, keys = [it.speaker for it in items], [it.path for it in items]
+        enroll, probe = enrollment_split(keys, speakers, **PROTOCOLS[name])
+        sets[name] = (x, speakers, enroll, probe)
+        results[name] = evaluate_embeddings(emb, speakers, keys, **PROTOCOLS[name])
+    calibrations = {}
+    for scoring, normalize in (("cosine", None), ("as-norm", ASNorm(cohort.astype(np.float32)).score)):
+        trials = [(name, *protocol_trials(*sets[name], normalize=normalize)[1:]) for name in args.calibrate_on]
+        calibrations[scoring] = Calibration.fit(
+            np.concatenate([t[1] for t in trials]), np.concatenate([[f"{t[0]}/{w}" for w in t[2]] for t in trials]),
+            groups=np.concatenate([[t[0]] * len(t[1]) for t in trials]), scoring=scoring,
+            source="dev speakers unseen in training: " + ", ".join(
+                f"{len({sets[n][1][i] for i in sets[n][2]})} of {n}" for n in args.calibrate_on)
+                   + (", corpora weighted equally" if len(args.calibrate_on) > 1 else ""))
+    so762 = results["speechocean762"]
+    threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=ASNorm(cohort).score)[:2])[1]
 
     ckpt = load_checkpoint(args.checkpoint)
-    metadata = {**ckpt.metadata,
-                "threshold": res.eer_threshold, "threshold_asnorm": asn["threshold"],
-                "cohort": torch.from_numpy(cohort).half(),
-                "calibration": {"data": "speechocean762 role=dev (25 unseen speakers), 5 enrollment clips each",
-                                "dev": res.summary(), "dev_asnorm": asn,
-                                "cohort": f"{len(cohort)} training speakers, mean of their clip embeddings"}}
-    model = ckpt.build()
-    save_checkpoint(args.out, model, metadata=metadata, half=True)
+    metadata = {**ckpt.metadata, "threshold": so762.eer_threshold, "threshold_asnorm": threshold_asnorm,
+                "cohort": torch.from_numpy(cohort.astype(np.float32)).half(),
+                "calibrations": {k: c.to_dict() for k, c in calibrations.items()},
+                "calibration": {"data": "role=dev of speechocean762 (5 enrollment clips each) and of the word corpora "
+                                        "(3 enrollment clips, up to 20 probes)", "sets": list(args.calibrate_on),
+                                "dev": {n: r.summary() for n, r in results.items()},
+                                "cohort": f"{len(cohort)} training speakers of the three corpora, mean of their clip embeddings"}}
+    save_checkpoint(args.out, ckpt.build(), metadata=metadata, half=True)
     # the fp16 copy is what users get: re-check it gives the same dev numbers
     shipped = load_encoder(args.out, precision="float32")
-    res16 = evaluate_embeddings(shipped.embed_batch(dev_keys), dev_spk, dev_keys)
+    items = dev["speechocean762"]
+    res16 = evaluate_embeddings(shipped.embed_batch([it.path for it in items]), [it.speaker for it in items],
+                                [it.path for it in items])
     report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "size_mb": round(args.out.stat().st_size / 2**20, 2),
-              "fingerprint": shipped.fingerprint, "threshold": res.eer_threshold, "threshold_asnorm": asn["threshold"],
-              "dev_fp32": res.summary(), "dev_fp16": res16.summary(), "dev_asnorm": asn,
-              "seconds": round(time.monotonic() - t0, 1)}
+              "fingerprint": shipped.fingerprint, "threshold": so762.eer_threshold, "threshold_asnorm": threshold_asnorm,
+              "identify_threshold_at_fpir_1pct": {scoring: {n: round(c.identify_threshold(n, 0.01), 4) for n in FPIR_SIZES}
+                                                  for scoring, c in calibrations.items()},
+              "verify_threshold_at_far_1pct": {scoring: round(c.verify_threshold(0.01), 4) for scoring, c in calibrations.items()},
+              "calibration_sources": {scoring: c.describe() for scoring, c in calibrations.items()},
+              "dev_fp32": {n: r.summary() for n, r in results.items()}, "dev_fp16_speechocean762": res16.summary(),
+              "cohort_speakers": len(cohort), "seconds": round(time.monotonic() - t0, 1)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

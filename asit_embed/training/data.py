@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -56,14 +57,40 @@ def read_manifest(path: str | os.PathLike, *, role: str | None = None) -> list[I
     return items
 
 
+DEV_SHARE = 5          # a folder tree holds out about one speaker in DEV_SHARE as its dev role
+MIN_DEV_SPEAKERS = 2   # ... and at least this many, once it has 3 * MIN_DEV_SPEAKERS speakers
+
+
+def folder_roles(speakers: Sequence[str]) -> dict[str, str]:
+    """Roles for the speakers of a folder tree, which has none: ``"dev"`` for those whose name hashes to 0
+    mod :data:`DEV_SHARE` (so a speaker keeps its role as others are added), topped up to
+    :data:`MIN_DEV_SPEAKERS` by smallest hash; ``"train"`` for the rest. Below ``3 * MIN_DEV_SPEAKERS``
+    speakers, all train.
+
+    >>> roles = folder_roles([f"spk{i}" for i in range(20)])
+    >>> sum(r == "dev" for r in roles.values()) >= 2, sorted(set(roles.values()))
+    (True, ['dev', 'train'])
+    """
+    names = sorted(set(speakers))
+    if len(names) < 3 * MIN_DEV_SPEAKERS:
+        return dict.fromkeys(names, "train")
+    digest = {n: int(hashlib.sha256(n.encode()).hexdigest(), 16) for n in names}
+    dev = {n for n in names if digest[n] % DEV_SHARE == 0}
+    dev |= set(sorted((n for n in names if n not in dev), key=digest.get)[:max(0, MIN_DEV_SPEAKERS - len(dev))])
+    return {n: "dev" if n in dev else "train" for n in names}
+
+
 def scan_folder(root: str | os.PathLike) -> list[Item]:
-    """Items of a folder-per-speaker tree: ``root/<speaker>/**/<clip>.{wav,flac,ogg,mp3}``."""
+    """Items of a folder-per-speaker tree: ``root/<speaker>/**/<clip>.{wav,flac,ogg,mp3}``, with roles from
+    :func:`folder_roles` (about a fifth of the speakers ``dev``), so training on a folder holds speakers out
+    for model selection without being told."""
     root = Path(root)
-    items = [Item(str(p), spk.name) for spk in sorted(root.iterdir()) if spk.is_dir()
+    found = [(str(p), spk.name) for spk in sorted(root.iterdir()) if spk.is_dir()
              for p in sorted(spk.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
-    if not items:
+    if not found:
         raise ValueError(f"{str(root)!r} holds no <speaker>/<clip> audio files ({sorted(AUDIO_SUFFIXES)})")
-    return items
+    roles = folder_roles([s for _, s in found])
+    return [Item(path, spk, roles[spk]) for path, spk in found]
 
 
 def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
@@ -97,7 +124,7 @@ def load_items(source: str | os.PathLike, *, role: str | None = None, workdir: s
     if source.suffix.lower() == ".csv":
         return read_manifest(source, role=role)
     if source.is_dir():
-        return scan_folder(source)
+        return _with_role(scan_folder(source), role, source)
     if not source.exists():
         raise FileNotFoundError(f"dataset {str(source)!r} does not exist")
     root = extract_archive(source, Path(workdir or source.parent) / (source.name.split(".")[0] + "_extracted"))
@@ -106,7 +133,19 @@ def load_items(source: str | os.PathLike, *, role: str | None = None, workdir: s
         return read_manifest(manifests[0], role=role)
     tops = [p for p in root.iterdir() if p.is_dir()]
     # An archive usually wraps the speaker folders in one top-level folder.
-    return scan_folder(tops[0] if len(tops) == 1 and not any(p.is_file() for p in tops[0].iterdir()) else root)
+    return _with_role(scan_folder(tops[0] if len(tops) == 1 and not any(p.is_file() for p in tops[0].iterdir())
+                                  else root), role, source)
+
+
+def _with_role(items: list[Item], role: str | None, source: Path) -> list[Item]:
+    if role is None:
+        return items
+    kept = [it for it in items if it.role == role]
+    if not kept:
+        raise ValueError(f"dataset {str(source)!r} has no speakers of role {role!r} (a folder tree holds out about "
+                         f"one speaker in {DEV_SHARE} as 'dev' once it has {3 * MIN_DEV_SPEAKERS} speakers; "
+                         "use --train-role all / --dev-role none, or pass --dev-data)")
+    return kept
 
 
 def corpus_name(source: str | os.PathLike) -> str:

@@ -16,34 +16,54 @@ are averaged over ``splits`` random halvings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from speechbrain.utils.metric_stats import EER, minDCF
 
 log = logging.getLogger(__name__)
 
 
+def _rates(target_scores: np.ndarray, nontarget_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SpeechBrain's candidate thresholds (every score and every midpoint between neighbours) with the miss
+    rate (target <= t) and false-alarm rate (non-target > t) at each, in float32 as SpeechBrain computes them.
+
+    SpeechBrain's ``EER`` and ``minDCF`` define the metrics reported here, but ``minDCF`` holds (thresholds x
+    trials) matrices (21 GB for the word corpora's 25,000 trials) and ``EER`` loops over every threshold in
+    Python; counting with sorted scores gives the same numbers in O(n log n) (checked by tests/test_metrics.py).
+    """
+    pos = np.sort(np.asarray(target_scores, dtype=np.float64).ravel())
+    neg = np.sort(np.asarray(nontarget_scores, dtype=np.float64).ravel())
+    t = np.unique(np.concatenate([pos, neg]))
+    t = np.sort(np.concatenate([t, (t[:-1] + t[1:]) / 2]))
+    p_miss = np.searchsorted(pos, t, side="right").astype(np.float32) / np.float32(len(pos))
+    p_fa = (len(neg) - np.searchsorted(neg, t, side="right")).astype(np.float32) / np.float32(len(neg))
+    return t, p_miss, p_fa
+
+
 def eer(target_scores: np.ndarray, nontarget_scores: np.ndarray) -> tuple[float, float]:
-    """Equal error rate (fraction) and the threshold where it is reached (SpeechBrain's ``EER``)."""
-    value, threshold = EER(torch.as_tensor(np.asarray(target_scores, dtype=np.float64)),
-                           torch.as_tensor(np.asarray(nontarget_scores, dtype=np.float64)))
-    return float(value), float(threshold)
+    """Equal error rate (fraction) and the threshold where it is reached, as SpeechBrain's ``EER`` defines
+    them: the threshold where |FAR - FRR| is smallest, and (FAR + FRR) / 2 there.
+
+    >>> eer(np.array([0.6, 0.7, 0.8, 0.5]), np.array([0.4, 0.3, 0.2, 0.1]))
+    (0.0, 0.4)
+    """
+    t, p_miss, p_fa = _rates(target_scores, nontarget_scores)
+    i = int(np.argmin(np.abs(p_fa - p_miss)))
+    return (float(p_fa[i]) + float(p_miss[i])) / 2, float(t[i])
 
 
 def min_dcf(target_scores: np.ndarray, nontarget_scores: np.ndarray, *, p_target: float = 0.01,
             c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, float]:
     """Normalised minimum detection cost (NIST convention, in [0, 1]) and its threshold.
 
-    SpeechBrain's ``minDCF`` returns the raw cost; it is divided here by the cost of the best trivial
-    system, ``min(c_miss · p_target, c_fa · (1 − p_target))``, as NIST SRE and VoxSRC report it.
+    The cost is SpeechBrain's ``minDCF``; it is divided here by the cost of the best trivial system,
+    ``min(c_miss · p_target, c_fa · (1 − p_target))``, as NIST SRE and VoxSRC report it.
     """
-    raw, threshold = minDCF(torch.as_tensor(np.asarray(target_scores, dtype=np.float64)),
-                            torch.as_tensor(np.asarray(nontarget_scores, dtype=np.float64)),
-                            c_miss=c_miss, c_fa=c_fa, p_target=p_target)
-    return float(raw) / min(c_miss * p_target, c_fa * (1 - p_target)), float(threshold)
+    t, p_miss, p_fa = _rates(target_scores, nontarget_scores)
+    c_det = np.float32(c_miss) * p_miss * np.float32(p_target) + np.float32(c_fa) * p_fa * np.float32(1 - p_target)
+    i = int(np.argmin(c_det))
+    return float(c_det[i]) / min(c_miss * p_target, c_fa * (1 - p_target)), float(t[i])
 
 
 # The dev sets' protocols. speechocean762: 20 read sentences per speaker. The one-second word corpora
@@ -138,6 +158,114 @@ def open_set_identification(x: np.ndarray, speakers: Sequence[str], enroll: Sequ
             "fpir": fpir, "open_set_splits": splits}
 
 
+def protocol_trials(x: np.ndarray, speakers: Sequence[str], enroll: Sequence[int], probe: Sequence[int],
+                    names: Sequence[str] | None = None, *,
+                    normalize: Callable | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trials of the protocol among ``names`` (default: every enrolled speaker): each of their probes against
+    its own speaker's template (target) and every other one's (impostor); ``normalize(scores, queries,
+    templates)`` maps cosines to another scoring (e.g. AS-norm). Returns ``(target scores, impostor scores,
+    speaker of each impostor trial's probe)``."""
+    names = sorted({speakers[i] for i in enroll} if names is None else names)
+    keep = set(names)
+    templates = _templates(x, speakers, [i for i in enroll if speakers[i] in keep], names)
+    probes = [i for i in probe if speakers[i] in keep]
+    scores = _score(x[probes], templates, normalize)
+    own = np.array([names.index(speakers[i]) for i in probes])
+    mask = np.ones_like(scores, dtype=bool)
+    mask[np.arange(len(probes)), own] = False
+    return (scores[np.arange(len(probes)), own], scores[mask],
+            np.repeat(np.array([speakers[i] for i in probes]), len(names) - 1))
+
+
+def _score(queries: np.ndarray, templates: np.ndarray, normalize: Callable | None) -> np.ndarray:
+    scores = queries @ templates.T
+    return scores if normalize is None else normalize(scores, queries, templates)
+
+
+def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10, 25, 100), fpir: float = 0.01,
+                        splits: int = 50, draws: int = 10, seed: int = 0, shipped=None,
+                        calibrate_on: Sequence[str] | None = None, normalize: Callable | None = None) -> dict:
+    """Open-set identification at the *calibrated* operating point, by enrolled-set size, cross-validated.
+
+    ``sets``: ``{name: (x, speakers, enroll, probe)}`` (unit embeddings and :func:`enrollment_split` indices).
+    In each of ``splits`` random halvings of every set's speakers, half A calibrates and half B measures:
+
+    - ``shipped``: one calibration from the protocol's impostor trials among the A halves of the sets named
+      in ``calibrate_on`` (default: all), weighted equally (how ``tools/calibrate.py`` makes the shipped one,
+      from all their dev speakers); or, when a :class:`~asit_embed.calibration.Calibration` is passed as
+      ``shipped``, that one (e.g. a checkpoint's);
+    - ``own``: a calibration from the A half of this set alone, from its enrollment clips, leave-one-out (what
+      :meth:`enroll.SpeakerRegistry.calibrate` does with a registry's enrolled speakers).
+
+    For each size N that leaves at least 2 strangers in B, ``draws`` random draws of N enrolled speakers from
+    B; the rest of B call in as strangers. FPIR: share of stranger probes accepted as anyone; TPIR: share of
+    enrolled speakers' probes answered with the right name and accepted. Returns ``{set: {N: {...}}}`` with
+    means over splits and draws, and ``det`` (FNIR/FPIR pairs at the largest N) for a DET plot.
+    ``normalize(scores, queries, templates)`` scores with another scoring than cosine (e.g. AS-norm).
+    """
+    from asit_embed.calibration import Calibration, CalibrationError, impostor_scores
+
+    def fit_or_none(*args, **kw) -> Calibration | None:
+        try:
+            return Calibration.fit(*args, **kw)
+        except CalibrationError:  # too few speakers in a half: that calibration is left out
+            return None
+
+    rng = np.random.default_rng(seed)
+    acc: dict = {}
+    det: dict = {}
+    for _ in range(splits):
+        halves, trials = {}, []
+        for name, (x, speakers, enroll, probe) in sets.items():
+            names = sorted({speakers[i] for i in enroll})
+            perm = rng.permutation(names).tolist()
+            a, b = sorted(perm[: len(names) // 2]), perm[len(names) // 2:]
+            halves[name] = (a, b)
+            if calibrate_on is None or name in calibrate_on:
+                trials.append((name, *protocol_trials(x, speakers, enroll, probe, a, normalize=normalize)[1:]))
+        cv_shipped = shipped or fit_or_none(
+            np.concatenate([t[1] for t in trials]), np.concatenate([[f"{t[0]}/{w}" for w in t[2]] for t in trials]),
+            groups=np.concatenate([[t[0]] * len(t[1]) for t in trials]), source="dev halves")
+        for name, (x, speakers, enroll, probe) in sets.items():
+            a, b = halves[name]
+            own_clips = [i for i in enroll if speakers[i] in set(a)]
+            own = fit_or_none(*impostor_scores(x[own_clips], [speakers[i] for i in own_clips], normalize=normalize),
+                              source="own half")
+            for size in sizes:
+                if size > len(b) - 2:
+                    continue
+                for _ in range(draws):
+                    perm = rng.permutation(b).tolist()
+                    known, strangers = sorted(perm[:size]), set(perm[size:])
+                    templates = _templates(x, speakers, [i for i in enroll if speakers[i] in set(known)], known)
+                    genuine = [i for i in probe if speakers[i] in set(known)]
+                    g = _score(x[genuine], templates, normalize)
+                    right = np.array(known)[g.argmax(1)] == np.array([speakers[i] for i in genuine])
+                    g_best = np.where(right, g.max(1), -np.inf)
+                    s_best = _score(x[[i for i in probe if speakers[i] in strangers]], templates, normalize).max(1)
+                    row = acc.setdefault(name, {}).setdefault(size, {})
+                    row.setdefault("draws", []).append(1)
+                    for kind, cal in (("shipped", cv_shipped), ("own", own)):
+                        if cal is None:
+                            continue
+                        t = cal.identify_threshold(size, fpir)
+                        row.setdefault(f"fpir_{kind}", []).append(float((s_best >= t).mean()))
+                        row.setdefault(f"tpir_{kind}", []).append(float((g_best >= t).mean()))
+                        row.setdefault(f"threshold_{kind}", []).append(t)
+                    d = det.setdefault(name, {}).setdefault(size, ([], []))
+                    d[0].append(g_best)
+                    d[1].append(s_best)
+    out = {name: {size: {k: (len(v) if k == "draws" else round(float(np.mean(v)), 4)) for k, v in row.items()}
+                  for size, row in rows.items()} for name, rows in acc.items()}
+    for name, by_size in det.items():
+        size = max(by_size)
+        g, s = np.concatenate(by_size[size][0]), np.concatenate(by_size[size][1])
+        grid = np.quantile(s, np.linspace(0.5, 1, 101))
+        out[name]["det"] = {"size": size, "fpir": [round(float((s >= t).mean()), 5) for t in grid],
+                            "fnir": [round(float((g < t).mean()), 5) for t in grid]}
+    return out
+
+
 def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: Sequence[str], *,
                         n_enroll: int = 5, max_probes: int | None = None, min_clips: int | None = None,
                         open_set: bool = False) -> EvalResult:
@@ -213,6 +341,40 @@ def plot_evaluation(result: EvalResult, path, *, title: str = ""):
     ax2.legend()
     fig.suptitle(title or f"top-1 {result.top1:.1%}   EER {result.eer:.2%}   minDCF(0.01) {result.min_dcf:.3f}   "
                  f"({result.n_speakers} speakers, {result.n_probes} probes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig
+
+
+def plot_open_set_det(result: dict, path, *, fpir: float = 0.01):
+    """PNG of FNIR against FPIR (normal-deviate axes) for each set of a :func:`calibrated_open_set` result,
+    at its largest enrolled-set size, with the calibrated operating points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    deviate = lambda p: norm.ppf(np.clip(np.asarray(p, dtype=float), 1e-4, 1 - 1e-4))  # noqa: E731
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for name, rows in result.items():
+        det = rows["det"]
+        line, = ax.plot(deviate(det["fpir"]), deviate(det["fnir"]), label=f"{name} (N = {det['size']})")
+        point = rows[det["size"]]
+        for kind, marker in (("shipped", "o"), ("own", "s")):
+            if f"fpir_{kind}" not in point:
+                continue
+            ax.plot(deviate(point[f"fpir_{kind}"]), deviate(1 - point[f"tpir_{kind}"]), marker, color=line.get_color(),
+                    label=f"  {kind} calibration: FPIR {point[f'fpir_{kind}']:.2%}")
+    ax.axvline(deviate(fpir), color="k", ls=":", lw=1)
+    ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95]
+    ax.set_xticks(deviate(ticks), [f"{t:.1%}" for t in ticks], rotation=45)
+    ax.set_yticks(deviate(ticks), [f"{t:.1%}" for t in ticks])
+    ax.set_xlabel("FPIR (strangers accepted)")
+    ax.set_ylabel("FNIR (enrolled speakers missed or misnamed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -65,6 +65,9 @@ class TrainConfig(LoopConfig):
     init: str | None = None                    # encoder checkpoint (e.g. from pretraining) to start from
     layer_decay: float = 1.0                   # < 1 scales deeper-to-shallower lrs
     head_warmup_epochs: int = 0                # epochs training only the new heads (network frozen)
+    # "centroids": each class weight starts as its speaker's mean embedding under the initial network
+    # (weight imprinting), so fine-tuning from a trained encoder does not first have to undo a random head
+    head_init: str = "random"
     # AAM-softmax: margin 0 for margin_start epochs, then raised linearly over margin_ramp epochs
     margin: float = 0.2
     scale: float = 30.0
@@ -82,6 +85,8 @@ class TrainConfig(LoopConfig):
         object.__setattr__(self, "speed_speakers", tuple(self.speed_speakers))
         if any(s <= 0 or s == 1 for s in self.speed_speakers):
             raise ValueError(f"speed_speakers {self.speed_speakers} must be positive factors other than 1")
+        if self.head_init not in ("random", "centroids"):
+            raise ValueError(f"head_init {self.head_init!r} must be 'random' or 'centroids'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,7 +215,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
           on_epoch: Callable[[dict, nn.Module], None] | None = None) -> dict:
     """Train a speaker-embedding network; returns the final log record.
 
-    Writes into ``cfg.out_dir``: ``config.json``, ``log.jsonl``, ``last.pt`` (resumable state) and ``best.pt``
+    Writes into ``cfg.out_dir``: ``config.json``, ``log.jsonl``, ``last.pt`` (resumable state), ``final.pt``
+    (the network after the last epoch) and ``best.pt``
     (best dev EER). ``network``: another embedding network to train instead of the ASiT encoder
     (``cfg.encoder`` and ``cfg.init`` are then unused). ``on_epoch(record, module)`` runs on every rank after
     each epoch.
@@ -254,6 +260,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"] + 1, state["best"]
+    elif cfg.head_init == "centroids":
+        model.loss.classifier.weight.data.copy_(class_centroids(network, data, device))
     model.to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     extra = {"encoder": enc_cfg.to_dict()} if asit else {}
@@ -334,10 +342,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
         if on_epoch is not None:
             on_epoch(record, network.module)
         if last:
+            if main:  # the network as the schedule left it, beside the best by dev EER
+                network.save(run.path / "final.pt", _metadata(cfg, labels, {**best, "final_epoch": epoch + 1}, world))
             break
     if world > 1:
         dist.barrier()
     return record
+
+
+@torch.no_grad()
+def class_centroids(network: Network, data: CropDataset, device: torch.device, *, crops: int = 4,
+                    batch_size: int = 64) -> torch.Tensor:
+    """``(num_classes, dim)`` unit-norm mean embeddings of ``crops`` un-augmented crops per class.
+
+    Runs under the caller's seed, so every process of a data-parallel run computes the same weights."""
+    module = network.module.to(device)
+    was_training = module.training
+    module.eval()
+    picks = [i for c in range(data.num_speakers)
+             for i in (data.labels == c).nonzero().flatten()[torch.randperm(int((data.labels == c).sum()))[:crops]]]
+    sums = torch.zeros(data.num_speakers, network.embedding_dim)
+    for start in range(0, len(picks), batch_size):
+        idx = [int(i) for i in picks[start:start + batch_size]]
+        emb = module(network.front_end(torch.stack([data[i][0] for i in idx])).to(device)).float().cpu()
+        sums.index_add_(0, data.labels[idx], nn.functional.normalize(emb, dim=1))
+    module.train(was_training)
+    return nn.functional.normalize(sums, dim=1)
 
 
 def _teacher_targets(cfg: TrainConfig, items: list[Item], run: RunFolder, world: int, main: bool) -> torch.Tensor:

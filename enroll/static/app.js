@@ -7,8 +7,18 @@ const WAV_RATE = 16000;
 const $ = (id) => document.getElementById(id);
 
 // --- talking to the API ----------------------------------------------------------------------------------
-async function api(method, path, body) {
-  const response = await fetch(path, { method, body });
+// With a token set on the server, the page asks for it once per tab and sends it as a bearer token.
+async function api(method, path, body, retried = false) {
+  const token = sessionStorage.getItem("token");
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(path, { method, body, headers });
+  if (response.status === 401 && !retried) {
+    const entered = window.prompt("This registry needs its access token:");
+    if (entered) {
+      sessionStorage.setItem("token", entered.trim());
+      return api(method, path, body, true);
+    }
+  }
   let data;
   try {
     data = await response.json();
@@ -145,7 +155,8 @@ async function refreshHealth() {
   try {
     const h = await api("GET", "/health");
     say($("health"), `${h.speakers} speaker(s) enrolled · encoder ${h.fingerprint} · ` +
-      `accept threshold ${h.threshold.toFixed(3)} · clips up to ${h.max_seconds} s, uploads up to ${h.max_upload_mb} MB`);
+      `identify threshold ${h.threshold.toFixed(3)} (lets ${(100 * h.operating_points.fpir).toFixed(1)} % of ` +
+      `strangers through at this size) · clips up to ${h.max_seconds} s, uploads up to ${h.max_upload_mb} MB`);
   } catch (err) {
     say($("health"), `Service unavailable: ${err.message}`, true);
   }
@@ -182,6 +193,25 @@ async function refreshSpeakers() {
   $("speakers").tBodies[0].replaceChildren(...rows);
   $("speakers-empty").hidden = speakers.length > 0;
   refreshHealth();
+}
+
+// --- embedding map ----------------------------------------------------------------------------------------
+async function showMap() {
+  const status = $("map-status");
+  say(status, "Drawing…");
+  const token = sessionStorage.getItem("token");
+  const response = await fetch("/map.png", { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch { /* not JSON */ }
+    say(status, message, true);
+    return;
+  }
+  const img = $("map");
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(await response.blob());
+  img.hidden = false;
+  say(status, "");
 }
 
 async function deleteSpeaker(name) {
@@ -290,3 +320,4 @@ $("identify-form").addEventListener("submit", async (event) => {
 });
 
 refreshSpeakers();
+$("map-show").addEventListener("click", showMap);

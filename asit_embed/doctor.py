@@ -1,16 +1,23 @@
-"""Make torchaudio importable beside a CPU-only torch.
+"""``asit-embed doctor [--fix]``: check that torchaudio imports, and make it importable beside a CPU-only torch.
 
 Every x86_64 torchaudio wheel on PyPI is a CUDA build; next to a CPU torch its compiled extension fails to
 load (``libc10_cuda.so: cannot open shared object file``) and ``import torchaudio`` raises.  Without the
 extension torchaudio runs in pure-Python mode, where everything this project uses works (kaldi fbank,
 resample, masking).  This script removes the extension **only** when it cannot load, so a CUDA machine
-keeps it.  It never imports torchaudio in its own process (a failed import leaves half-initialised state).
+keeps it.  It never imports torchaudio in its own process (a failed import leaves half-initialised state),
+and imports nothing of asit-embed that needs torchaudio, so it runs where the import fails.
+
+    asit-embed doctor          # report
+    asit-embed doctor --fix    # remove the extension that cannot load (python -m asit_embed.doctor --fix)
 """
 
+import argparse
 import importlib.util
 import pathlib
 import subprocess
 import sys
+
+HINT = "run `asit-embed doctor --fix` (or `python -m asit_embed.doctor --fix`)"
 
 
 def _import_ok() -> tuple[bool, str]:
@@ -18,7 +25,14 @@ def _import_ok() -> tuple[bool, str]:
     return proc.returncode == 0, proc.stderr.strip().splitlines()[-1:] and proc.stderr.strip().splitlines()[-1]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="asit-embed doctor", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fix", action="store_true", help="remove torchaudio's extension when it cannot load")
+    return run(fix=p.parse_args(argv).fix)
+
+
+def run(*, fix: bool) -> int:
     ok, err = _import_ok()
     if ok:
         print("torchaudio imports cleanly; nothing to do")
@@ -29,6 +43,9 @@ def main() -> int:
         return 1
     if "Could not load this library" not in err and "libc10_cuda" not in err:
         print(f"torchaudio fails to import for another reason: {err}", file=sys.stderr)
+        return 1
+    if not fix:
+        print(f"torchaudio's compiled extension cannot load ({err}); {HINT}", file=sys.stderr)
         return 1
     lib = pathlib.Path(spec.origin).parent / "lib"
     removed = sorted(lib.glob("*.so"))

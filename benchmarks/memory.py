@@ -1,0 +1,50 @@
+"""Memory for long files: the peak resident memory that embedding one file adds, by length and format.
+
+    python benchmarks/memory.py
+
+Builds test files from the bundled clips repeated (1 and 10 minutes; 16 kHz mono FLAC and 48 kHz stereo
+WAV), embeds each in a fresh process (``SpeakerEncoder.embed(path)``) and reports the growth of the peak
+resident set over the loaded encoder (``ru_maxrss``). Writes ``results/memory.json``.
+"""
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBE = ("import resource, sys; from asit_embed import load_encoder; e = load_encoder(); "
+         "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; e.embed(sys.argv[1]); "
+         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024)")
+
+
+def main() -> int:
+    clips = sorted((ROOT / "examples" / "clips").glob("*/*.flac"))
+    speech = np.concatenate([sf.read(p, dtype="float32")[0] for p in clips])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for minutes in (1, 10):
+            mono = np.tile(speech, int(np.ceil(minutes * 60 * 16000 / len(speech))))[: minutes * 60 * 16000]
+            files = {"16 kHz mono FLAC": (Path(tmp) / f"{minutes}.flac", mono, 16000, "PCM_16"),
+                     "48 kHz stereo WAV": (Path(tmp) / f"{minutes}.wav",
+                                           np.repeat(np.stack([mono, mono[::-1]], 1), 3, axis=0), 48000, "PCM_16")}
+            for kind, (path, data, rate, subtype) in files.items():
+                sf.write(path, data, rate, subtype=subtype)
+                out = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True,
+                                     check=True, cwd=ROOT)
+                added = float(out.stdout.strip().splitlines()[-1])
+                rows.append({"file": kind, "minutes": minutes, "file_mb": round(path.stat().st_size / 2**20, 1),
+                             "peak_added_mb": round(added, 1)})
+                print(f"{kind:<18} {minutes:>3} min  file {rows[-1]['file_mb']:7.1f} MB  peak memory +{added:6.1f} MB")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "memory.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

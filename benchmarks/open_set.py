@@ -1,0 +1,86 @@
+"""Open-set identification at the calibrated operating point, by enrolled-set size, on both dev sets.
+
+    python benchmarks/open_set.py [--checkpoint PATH] [--splits 50]
+
+Cross-validated as ``asit_embed.training.metrics.calibrated_open_set`` describes: in each random halving of
+every dev set's speakers, half A calibrates and half B measures. "shipped": one calibration from the A
+halves of the dev sets the checkpoint's calibration came from (``tools/calibrate.py --calibrate-on``; the
+shipped one: speechocean762), as ``tools/calibrate.py`` makes it from all their dev speakers; "own": from this set's A half alone, leave-one-out over its enrollment clips (what
+``SpeakerRegistry.calibrate()`` does). Enrolled-set sizes of 5, 10, 25 and 100 where half a dev set allows
+(speechocean762: 12-13 speakers a half; words: 22-23). Scored with cosine and with AS-norm (cohort: the
+training speakers shipped with the checkpoint). Also the checkpoint's own shipped calibration, which was
+fitted on all dev speakers (so in-sample here; shown for reference). Writes ``results/open_set.json`` and a
+DET plot of FNIR against FPIR, ``results/open_set_det.png``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, SHARED_MANIFEST, WORD_MANIFESTS, dev_sets, require  # noqa: E402
+
+from asit_embed import load_encoder  # noqa: E402
+from asit_embed.calibration import Calibration  # noqa: E402
+from asit_embed.training.metrics import (PROTOCOLS, calibrated_open_set, enrollment_split,  # noqa: E402
+                                         plot_open_set_det)
+from enroll.scoring import ASNorm  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="default: the bundled model")
+    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
+    p.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS))
+    p.add_argument("--splits", type=int, default=50)
+    p.add_argument("--fpir", type=float, default=0.01)
+    p.add_argument("--calibrate-on", nargs="+", choices=("speechocean762", "words"),
+                   help="dev sets whose halves make the 'shipped' calibration (default: those the checkpoint's came from)")
+    p.add_argument("--out", type=Path, default=RESULTS / "open_set.json")
+    args = p.parse_args()
+    require(args.manifest, *args.words)
+    t0 = time.monotonic()
+    encoder = load_encoder(args.checkpoint)
+    sets = {}
+    for name, (items, protocol) in dev_sets(args.manifest, args.words).items():
+        emb = encoder.embed_batch([it.path for it in items])
+        x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        speakers, keys = [it.speaker for it in items], [it.path for it in items]
+        sets[name] = (x, speakers, *enrollment_split(keys, speakers, **PROTOCOLS[protocol]))
+    meta = encoder.metadata
+    report = {"checkpoint": str(args.checkpoint or "default"), "fingerprint": encoder.fingerprint, "fpir": args.fpir,
+              "splits": args.splits, "speakers": {n: len(set(s[1][i] for i in s[2])) for n, s in sets.items()}}
+    scorings = {"cosine": None}
+    if meta.get("cohort") is not None:
+        scorings["as-norm"] = ASNorm(np.asarray(meta["cohort"], dtype=np.float32)).score
+    # the dev sets the shipped calibration came from, unless asked otherwise
+    calibrate_on = args.calibrate_on or (meta.get("calibration") or {}).get("sets")
+    report["calibrated_on"] = calibrate_on or list(sets)
+    for scoring, normalize in scorings.items():
+        report[scoring] = calibrated_open_set(sets, fpir=args.fpir, splits=args.splits, normalize=normalize,
+                                              calibrate_on=calibrate_on)
+        table = (meta.get("calibrations") or {}).get(scoring)
+        if table is not None:
+            report[f"{scoring}_shipped_in_sample"] = calibrated_open_set(
+                sets, fpir=args.fpir, splits=args.splits, normalize=normalize, shipped=Calibration.from_dict(table))
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot_open_set_det(report["cosine"], args.out.with_name(args.out.stem + "_det.png"), fpir=args.fpir)
+    print(f"FPIR target {args.fpir:.1%}; cross-validated over {args.splits} halvings of each dev set's speakers")
+    print(f"{'scoring':<8} {'dev set':<15} {'N':>3} {'FPIR shipped':>13} {'TPIR':>6} {'FPIR own':>9} {'TPIR':>6}")
+    for scoring in scorings:
+        for name, rows in report[scoring].items():
+            for size, r in rows.items():
+                if size != "det":
+                    print(f"{scoring:<8} {name:<15} {size:>3} {r['fpir_shipped']:13.2%} {r['tpir_shipped']:6.1%} "
+                          f"{r['fpir_own']:9.2%} {r['tpir_own']:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

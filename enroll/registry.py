@@ -482,7 +482,8 @@ class SpeakerRegistry:
         """Who spoke when: the clip in segments (:meth:`~asit_embed.SpeakerEncoder.embed_segments`), each
         identified at the registry's threshold, consecutive segments of one answer merged into a
         :class:`Turn`; ``name`` None where nobody enrolled matches. Each segment stands for the ``hop``
-        seconds around its centre (the first from 0, the last to the end)."""
+        seconds around its centre (the first from 0, the last to the end); a single segment between two
+        turns of one speaker joins them."""
         segments = self.encoder.embed_segments(clip, _rate(clip, sample_rate, "track"), window=window, hop=hop,
                                                vad=self.vad)
         if not segments:
@@ -500,6 +501,15 @@ class SpeakerRegistry:
                 turns[-1][3].append(score)
             else:
                 turns.append([start, end, name, [score]])
+        # A one-segment turn between two turns of one speaker is that speaker (a dip, not a change of voice).
+        i = 1
+        while i < len(turns) - 1:
+            before, this, after = turns[i - 1], turns[i], turns[i + 1]
+            if before[2] == after[2] and len(this[3]) == 1:
+                before[1], before[3] = after[1], before[3] + this[3] + after[3]
+                del turns[i:i + 2]
+            else:
+                i += 1
         return [Turn(round(a, 3), round(b, 3), n, float(np.mean(s))) for a, b, n, s in turns]
 
     def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Match:

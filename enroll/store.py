@@ -124,8 +124,10 @@ class Store:
         holds every change (a copy of it is a whole registry)."""
         if not self.readonly:
             try:
+                # Never wait here: if another connection is busy, the last one to close folds the log in.
+                self.db.execute("PRAGMA busy_timeout = 0")
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:  # another connection holds a lock: its own close folds the log in
+            except sqlite3.Error:
                 pass
         self.db.close()
 

@@ -309,7 +309,7 @@ def test_serve_command_runs_waitress(tmp_path):
             assert r.headers["Server"] == "asit-enroll" and json.load(r)["speakers"] == 0
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=90) == 0
 
 
 def test_cli_still_requires_a_registry(capsys):

@@ -134,7 +134,7 @@ def test_sigterm_leaves_a_whole_database_file(tmp_path):
             assert r.status == 201
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        assert proc.wait(timeout=90) == 0, proc.stderr.read()
     copy = tmp_path / "copy"
     copy.mkdir()
     shutil.copy(tmp_path / "reg" / "registry.sqlite", copy / "registry.sqlite")
@@ -180,4 +180,4 @@ def test_idle_connections_do_not_lock_clients_out(tmp_path):
         for sock in idle:
             sock.close()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=90)

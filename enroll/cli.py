@@ -20,7 +20,9 @@ def _open(args):
 
 def cmd_add(args) -> int:
     with _open(args) as reg:
-        spk = reg.enroll(args.name, args.clips, replace=args.replace, allow_duplicates=args.allow_duplicates)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        spk = reg.enroll(args.name, args.clips, replace=args.replace, allow_duplicates=args.allow_duplicates,
+                         progress=progress)
     if args.json:
         print(json.dumps(spk.to_dict()))
     else:
@@ -278,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("clips", nargs="+")
     a.add_argument("--replace", action="store_true", help="replace the speaker's clips instead of adding")
     a.add_argument("--allow-duplicates", action="store_true", help="enroll a clip that is already enrolled")
+    a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar counting clips (default: on when stderr is a terminal)")
     a.set_defaults(func=cmd_add)
     i = sub.add_parser("identify", help="who is speaking in each clip", **common)
     i.add_argument("clips", nargs="+")

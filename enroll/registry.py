@@ -323,7 +323,8 @@ class SpeakerRegistry:
         return scores if self.as_norm is None else self.as_norm.score(scores, queries, templates)
 
     # --- inputs ---------------------------------------------------------------------------------------------
-    def _clip_records(self, name: str, clips, sample_rate: int | None, instead: str) -> list[ClipRecord]:
+    def _clip_records(self, name: str, clips, sample_rate: int | None, instead: str, *,
+                      progress: bool = False) -> list[ClipRecord]:
         """Records of one clip or a list of clips, all decoded and embedded (so all checked) before any is
         stored; ``instead`` names the call that takes embeddings, for the error on an array without rate."""
         if isinstance(clips, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, torch.Tensor)) or (
@@ -332,7 +333,8 @@ class SpeakerRegistry:
         waves = [self.encoder.prepare(clip, _rate(clip, sample_rate, instead), vad=self.vad) for clip in clips]
         if not waves:
             raise ValueError(f"no clips given to enroll {name!r}")
-        embeddings = self.encoder.embed_batch(waves, sample_rate=self.encoder.sample_rate, vad=False)
+        embeddings = self.encoder.embed_batch(waves, sample_rate=self.encoder.sample_rate, vad=False,
+                                              progress=progress)
         return [ClipRecord(emb, wave.shape[0] / self.encoder.sample_rate, hashlib.sha256(wave.tobytes()).hexdigest())
                 for wave, emb in zip(waves, embeddings)]
 
@@ -373,15 +375,16 @@ class SpeakerRegistry:
 
     # --- enrollment -----------------------------------------------------------------------------------------
     def enroll(self, name: str, clips, *, sample_rate: int | None = None, replace: bool = False,
-               allow_duplicates: bool = False) -> Speaker:
+               allow_duplicates: bool = False, progress: bool = False) -> Speaker:
         """Enroll ``name`` from one clip or a list: paths, encoded bytes, binary file objects, or waveform
         arrays (mono or multichannel, any rate) with their ``sample_rate``. An existing name gains the clips
         unless ``replace=True``. All clips are embedded before anything is written, so a bad clip leaves the
         registry unchanged. A clip already enrolled (same decoded audio, under any name) raises
-        :class:`DuplicateClipError` unless ``allow_duplicates=True``. Precomputed embeddings:
+        :class:`DuplicateClipError` unless ``allow_duplicates=True``. ``progress``: a bar counting the clips
+        as they are embedded (in batches). Precomputed embeddings:
         :meth:`enroll_embeddings`."""
         name = validate_name(name)
-        records = self._clip_records(name, clips, sample_rate, "enroll_embeddings()")
+        records = self._clip_records(name, clips, sample_rate, "enroll_embeddings()", progress=progress)
         self._store.add_many([(name, records)], replace=replace, allow_duplicates=allow_duplicates)
         self._sync()
         return self.speaker(name)

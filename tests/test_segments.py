@@ -121,3 +121,13 @@ def test_map_endpoint(encoder, tmp_path, by_speaker):
     r = client.get("/map.png")
     assert r.status_code == 200 and r.mimetype == "image/png" and r.data[:4] == b"\x89PNG"
     app.extensions["enroll"].registries.close()
+
+
+def test_progress_bars_count_clips_for_add_and_identify(tmp_path, by_speaker, capsys):
+    reg = str(tmp_path / "reg")
+    assert enroll_main(["add", "ada", *by_speaker["0036"][:3], "--registry", reg, "--progress"]) == 0
+    assert "3/3" in capsys.readouterr().err
+    assert enroll_main(["identify", *by_speaker["0036"][3:5], "--registry", reg, "--progress"]) == 0
+    assert "2/2" in capsys.readouterr().err
+    assert enroll_main(["identify", by_speaker["0036"][5], "--registry", reg]) == 0  # not a terminal: no bar
+    assert "1/1" not in capsys.readouterr().err

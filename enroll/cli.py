@@ -213,7 +213,7 @@ def cmd_serve(args) -> int:
     app = create_app(args.registry, encoder=encoder, threshold=args.threshold, as_norm=args.as_norm,
                      far=args.far, fpir=args.fpir, vad=args.vad, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
                      max_files=args.max_files, max_request_seconds=args.max_request_seconds, allowed_hosts=hosts,
-                     token=token, readonly=args.read_only)
+                     token=token, readonly=args.read_only, max_request_wall=args.max_request_wall)
     try:
         server = make_server(app, host=args.host, port=args.port, threads=args.threads)
     except OSError as err:
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-files", type=int, default=20, help="most audio files in one request")
     s.add_argument("--max-request-seconds", type=float, default=300.0,
                    help="most seconds of audio in one request, all files together")
+    s.add_argument("--max-request-wall", type=float, default=60.0,
+                   help="seconds a request may spend reading and decoding its uploads (then 503)")
     s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every API call (or set ASIT_ENROLL_TOKEN)")
     s.add_argument("--no-token", action="store_true", help="serve beyond this machine without a token")
     s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",

@@ -20,7 +20,8 @@ Status codes: 400 bad audio (the encoder's :class:`~asit_embed.AudioError` messa
 field or bad ``k``, or a ``Host`` that is not allowed; 401 a missing or wrong token; 403 a write from another
 origin; 404 unknown speaker; 409 renaming onto an enrolled name or a clip already enrolled; 413 an upload over ``max_upload_mb``, more
 than ``max_files`` files, a clip over ``max_seconds`` or a request over ``max_request_seconds`` of audio;
-415 a file that is audio by neither extension nor type.
+415 a file that is audio by neither extension nor type; 503 a request whose uploads took longer than
+``max_request_wall`` to read and decode.
 
 Access: only the ``Host`` names in ``allowed_hosts`` are served (loopback names by default: a DNS-rebinding
 page cannot reach the API); writes (POST, DELETE) carrying an ``Origin`` or ``Sec-Fetch-Site`` header of
@@ -40,15 +41,16 @@ import io
 import logging
 import os
 import threading
+import time
 from pathlib import PureWindowsPath
 from urllib.parse import urlsplit
 
 import numpy as np
 import soundfile as sf
-from flask import Blueprint, Flask, Request, current_app, jsonify, render_template, request
+from flask import Blueprint, Flask, Request, current_app, g, jsonify, render_template, request
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import (BadRequest, Forbidden, HTTPException, RequestEntityTooLarge, Unauthorized,
-                                 UnsupportedMediaType)
+from werkzeug.exceptions import (BadRequest, Forbidden, HTTPException, RequestEntityTooLarge, ServiceUnavailable,
+                                 Unauthorized, UnsupportedMediaType)
 
 from asit_embed import AudioError
 from asit_embed.audio import AUDIO_SUFFIXES
@@ -109,13 +111,15 @@ class Service:
     """What the views need: the registries, the encoder that decodes uploads, and the limits."""
 
     def __init__(self, registries: Registries, *, max_upload_mb: float, max_seconds: float, max_files: int,
-                 max_request_seconds: float, allowed_hosts: frozenset[str] | None, token: str | None):
+                 max_request_seconds: float, max_request_wall: float, allowed_hosts: frozenset[str] | None,
+                 token: str | None):
         self.registries = registries
         self.encoder = registries.get().encoder
         self.max_upload_mb = max_upload_mb
         self.max_seconds = max_seconds
         self.max_files = max_files
         self.max_request_seconds = max_request_seconds
+        self.max_request_wall = max_request_wall
         self.allowed_hosts = allowed_hosts  # None: any
         self.token = token
 
@@ -128,7 +132,8 @@ def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: flo
                as_norm: bool = False, far: float = 0.01, fpir: float = 0.01, vad: bool | None = None,
                max_upload_mb: float = 20.0,
                max_seconds: float = 60.0, max_files: int = 20, max_request_seconds: float = 300.0,
-               allowed_hosts=LOOPBACK_HOSTS, token: str | None = None, readonly: bool = False) -> Flask:
+               allowed_hosts=LOOPBACK_HOSTS, token: str | None = None, readonly: bool = False,
+               max_request_wall: float = 60.0) -> Flask:
     """The Flask app serving the registry in directory ``registry_path`` (created if missing).
 
     Args:
@@ -142,6 +147,8 @@ def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: flo
         allowed_hosts: ``Host`` names served (any port); ``None`` or ``"*"`` among them: any.
         token: if set, every API call needs ``Authorization: Bearer <token>``.
         readonly: serve identify/verify/list only; changes answer 403.
+        max_request_wall: seconds a request may spend reading and decoding its uploads; past it, 503 (checked
+            between files and before the audio is embedded).
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +157,7 @@ def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: flo
     ...     app.extensions["enroll"].registries.close()
     0
     """
-    if min(max_upload_mb, max_seconds, max_files, max_request_seconds) <= 0:
+    if min(max_upload_mb, max_seconds, max_files, max_request_seconds, max_request_wall) <= 0:
         raise ValueError(f"limits must be positive: max_upload_mb {max_upload_mb}, max_seconds {max_seconds}, "
                          f"max_files {max_files}, max_request_seconds {max_request_seconds}")
     hosts = None if allowed_hosts is None or "*" in allowed_hosts else frozenset(
@@ -168,7 +175,7 @@ def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: flo
     app.json.sort_keys = False
     app.extensions["enroll"] = Service(registries, max_upload_mb=max_upload_mb, max_seconds=max_seconds,
                                        max_files=max_files, max_request_seconds=max_request_seconds,
-                                       allowed_hosts=hosts, token=token or None)
+                                       max_request_wall=max_request_wall, allowed_hosts=hosts, token=token or None)
     app.before_request(_guard)
     app.after_request(_secure_headers)
     app.register_blueprint(api)
@@ -202,6 +209,7 @@ def make_server(app: Flask, *, host: str = "127.0.0.1", port: int = 8000, thread
 def _guard():
     """Before every request: an allowed ``Host``; no write from another origin; the token where one is set."""
     svc = _service()
+    g.started = time.monotonic()
     host = urlsplit(f"//{request.host}").hostname or ""
     if svc.allowed_hosts is not None and host not in svc.allowed_hosts:
         raise BadRequest(f"Host {request.host!r} is not served here (allowed: {', '.join(sorted(svc.allowed_hosts))}; "
@@ -375,6 +383,9 @@ def _uploads(field: str, *, many: bool) -> list[np.ndarray]:
         total += waves[-1].shape[0] / svc.encoder.sample_rate
         if total > svc.max_request_seconds:
             raise RequestEntityTooLarge(f"more than {svc.max_request_seconds:g} s of audio in one request")
+        if time.monotonic() - g.started > svc.max_request_wall:
+            raise ServiceUnavailable(f"the request's uploads took more than {svc.max_request_wall:g} s to read "
+                                     "and decode; send fewer or shorter files")
     return waves
 
 

@@ -181,3 +181,10 @@ def test_idle_connections_do_not_lock_clients_out(tmp_path):
             sock.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=90)
+
+
+def test_request_wall_time_budget(make_app):
+    client = make_app(max_request_wall=1e-6)  # any upload takes longer than a microsecond to decode
+    r = client.post("/speakers/a", data=files(2))
+    assert r.status_code == 503 and "took more than" in r.get_json()["error"]
+    assert client.get("/speakers").get_json()["speakers"] == []

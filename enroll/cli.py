@@ -223,7 +223,9 @@ def cmd_serve(args) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt  # unwinds server.run() into the finally below
 
+    # Both set explicitly: a process started in the background by a shell inherits SIGINT as ignored.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print(f"serving registry {args.registry!r} on http://{args.host}:{server.effective_port}/ "
           f"(waitress, {args.threads} threads{', token required' if token else ''}); Ctrl-C or SIGTERM stops",
           flush=True)

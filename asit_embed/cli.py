@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 PRESETS = ("tiny", "small")
+_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 COMMANDS = ("embed", "export", "train", "pretrain", "evaluate", "doctor")
 
 PRETRAIN_HELP = {
@@ -193,12 +194,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     :mod:`asit_embed.training`) are added only when ``command`` is one of them or ``None``, so that other
     commands never import the training code."""
     training = command in (None, "train", "pretrain")
-    p = argparse.ArgumentParser(prog="asit-embed", description=__doc__)
+    p = argparse.ArgumentParser(prog="asit-embed", description=__doc__, formatter_class=_FORMAT)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("embed", help="embed audio files")
-    e.add_argument("clips", nargs="+")
+    e = sub.add_parser("embed", formatter_class=_FORMAT, help="embed audio files")
+    e.add_argument("clips", nargs="+", help="audio files (wav, flac, ogg, mp3, ...)")
     e.add_argument("--out", help="write an (n, dim) float32 .npy instead of printing")
     e.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
     e.add_argument("--batch-size", type=int, default=16)
@@ -212,13 +213,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="auto: bfloat16 where the CPU/GPU runs it natively (about 2x faster, cosine >= 0.9999 to float32), else float32")
     e.set_defaults(func=cmd_embed)
 
-    sub.add_parser("doctor", help="check that torchaudio imports; --fix makes it import on a CPU-only machine")
-    x = sub.add_parser("export", help="export the encoder network to ONNX")
+    sub.add_parser("doctor", formatter_class=_FORMAT, help="check that torchaudio imports; --fix makes it import on a CPU-only machine")
+    x = sub.add_parser("export", formatter_class=_FORMAT, help="export the encoder network to ONNX")
     x.add_argument("--onnx", required=True, help="output .onnx file")
     x.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")
     x.set_defaults(func=cmd_export)
 
-    t = sub.add_parser("train", help="train an encoder with AAM-softmax (resumable; works under torchrun)")
+    t = sub.add_parser("train", formatter_class=_FORMAT, help="train an encoder with AAM-softmax (resumable; works under torchrun)")
     t.add_argument("--data", required=True, nargs="+",
                    help="manifest .csv, folder per speaker, or .zip/.tar.gz of either; several train together "
                         "(speaker ids become <corpus>/<speaker>)")
@@ -242,7 +243,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                               for f in dataclasses.fields(AugmentConfig)})
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("pretrain", help="ASiT self-supervised pretraining (GMML + local-global distillation)")
+    r = sub.add_parser("pretrain", formatter_class=_FORMAT, help="ASiT self-supervised pretraining (GMML + local-global distillation)")
     r.add_argument("--data", required=True, nargs="+",
                    help="manifest .csv, folder, or archive; several pretrain together (labels are ignored)")
     r.add_argument("--out", default="runs/pretrain", help="run folder (log.jsonl, losses.png, last.pt, encoder.pt)")
@@ -258,7 +259,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         add_config_options(r, PretrainConfig, PRETRAIN_HELP, skip=("data", "out_dir", "encoder", "mask_ratio"))
     r.set_defaults(func=cmd_pretrain)
 
-    v = sub.add_parser("evaluate", help="unseen-speaker protocol: top-1, EER, minDCF, open-set EER, TPIR at FPIR 1 %%")
+    v = sub.add_parser("evaluate", formatter_class=_FORMAT, help="unseen-speaker protocol: top-1, EER, minDCF, open-set EER, TPIR at FPIR 1 %%")
     v.add_argument("--data", required=True, nargs="+", help="dev set(s): several are pooled, speakers kept apart")
     v.add_argument("--role", type=_role, default="dev")
     v.add_argument("--checkpoint", help="encoder checkpoint (default: the bundled one)")

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from asit_embed.cli import main as embed_main
 from enroll.cli import main as enroll_main
@@ -74,3 +75,18 @@ def test_embedding_commands_never_import_the_training_code(tmp_path, clip_rows):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("[]")
+
+
+@pytest.mark.parametrize("cli, commands", [
+    ("asit_embed", ["embed", "export", "train", "pretrain", "evaluate"]),
+    ("enroll", ["add", "identify", "verify", "list", "track", "map", "calibrate", "backup", "check", "remove",
+                "rename", "serve"]),
+])
+def test_every_command_has_help_with_defaults(cli, commands, capsys):
+    main = embed_main if cli == "asit_embed" else enroll_main
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert exit_info.value.code == 0 and "usage:" in out, command
+        assert "(default:" in out or command in ("list",), command

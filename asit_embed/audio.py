@@ -6,6 +6,7 @@ import io
 import logging
 import math
 import os
+from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -31,6 +32,17 @@ MIN_FILE_RATE, MAX_FILE_RATE = 4000, 768000
 _PCM_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+def speaker_folders(root: str | os.PathLike) -> dict[str, list[str]]:
+    """``{speaker: [audio file paths]}`` of a folder holding one sub-folder per speaker, the files found at any
+    depth below it (by :data:`AUDIO_SUFFIXES`), sorted; speakers without audio are left out."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{str(root)!r} is not a folder of speaker sub-folders")
+    found = {spk.name: [str(p) for p in sorted(spk.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
+             for spk in sorted(base.iterdir()) if spk.is_dir()}
+    return {name: clips for name, clips in found.items() if clips}
 
 
 class AudioError(ValueError):

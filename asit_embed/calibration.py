@@ -36,6 +36,7 @@ from scipy.stats import genpareto
 
 TAIL_MASS = 0.1      # the Pareto tail is fitted to the top 10 % of impostor scores
 RATES = tuple(float(r) for r in np.logspace(-7, math.log10(0.5), 64))  # the table's per-trial rates
+_LOG_RATES = np.log(RATES)  # what the table is interpolated in (read on every query)
 MIN_SPEAKERS = 4     # fewest speakers a calibration may come from
 MIN_TRIALS = 150     # fewest impostor trials (a 1 % operating point then rests on 15 tail scores)
 
@@ -108,11 +109,11 @@ class Calibration:
         """The score that a share ``rate`` of impostor trials reaches (past the table's ends: its end)."""
         if not 0 < rate < 1:
             raise ValueError(f"rate must be in (0, 1), got {rate!r}")
-        return float(np.interp(math.log(rate), np.log(RATES), self.scores))
+        return float(np.interp(math.log(rate), _LOG_RATES, self.scores))
 
     def false_accept_rate(self, score: float) -> float:
         """Share of impostor trials at or above ``score`` (clipped to the table's range of rates)."""
-        return float(np.exp(np.interp(score, self.scores[::-1], np.log(RATES)[::-1])))
+        return float(np.exp(np.interp(score, self.scores[::-1], _LOG_RATES[::-1])))
 
     def verify_threshold(self, far: float) -> float:
         """1:1: the score at which ``far`` of impostor trials are accepted."""
@@ -194,4 +195,4 @@ def impostor_scores(embeddings: np.ndarray, speakers, *, normalize=None) -> tupl
         scores = normalize(scores, x, templates)
     mask = np.ones_like(scores, dtype=bool)
     mask[np.arange(len(x)), label] = False
-    return scores[mask], np.repeat(names[label], len(names) - 1)
+    return scores[mask], np.repeat(names[label], max(len(names) - 1, 0))

@@ -191,10 +191,8 @@ class SpeakerEncoder:
                              f"got window={window}, hop={hop}")
         wave = self.prepare(clip, sample_rate, vad=False)  # keep the timeline; VAD decides per segment below
         rate, n = self.sample_rate, wave.shape[0]
-        size, step = min(int(round(window * rate)), n), int(round(hop * rate))
-        starts = list(range(0, n - size + 1, step))
-        if starts[-1] + size < n:
-            starts.append(n - size)
+        size = min(int(round(window * rate)), n)
+        starts = [a for a, _ in spans(n, size, int(round(hop * rate)))]
         if self.vad if vad is None else vad:
             from asit_embed.vad import speech_regions
 
@@ -293,12 +291,20 @@ class SpeakerEncoder:
         c = self.config
         if frames < c.min_frames:
             raise ValueError(f"clip has {frames} feature frames; at least {c.min_frames} are needed")
-        if frames <= c.window_frames:
-            return [(0, frames)]
-        starts = list(range(0, frames - c.window_frames + 1, c.hop_frames))
-        if starts[-1] + c.window_frames < frames:
-            starts.append(frames - c.window_frames)
-        return [(s, s + c.window_frames) for s in starts]
+        return spans(frames, min(frames, c.window_frames), c.hop_frames)
+
+
+def spans(total: int, size: int, step: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of ``size`` every ``step`` over ``total`` (``size <= total``), the last one
+    moved back to end with ``total`` so every item is covered; one range when ``size == total``.
+
+    >>> spans(10, 4, 3)
+    [(0, 4), (3, 7), (6, 10)]
+    """
+    starts = list(range(0, total - size + 1, step))
+    if starts[-1] + size < total:
+        starts.append(total - size)
+    return [(s, s + size) for s in starts]
 
 
 def _rate_for(clip: Clip, sample_rate: int | None) -> int | None:

@@ -18,11 +18,15 @@ def _open(args):
                            far=args.far, fpir=args.fpir, vad=args.vad, readonly=args.read_only)
 
 
+def _progress(args) -> bool:
+    """``--progress`` / ``--no-progress`` as given, else a bar only when stderr is a terminal."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
 def cmd_add(args) -> int:
     with _open(args) as reg:
-        progress = sys.stderr.isatty() if args.progress is None else args.progress
         spk = reg.enroll(args.name, args.clips, replace=args.replace, allow_duplicates=args.allow_duplicates,
-                         progress=progress)
+                         progress=_progress(args))
     if args.json:
         print(json.dumps(spk.to_dict()))
     else:
@@ -32,8 +36,7 @@ def cmd_add(args) -> int:
 
 def cmd_identify(args) -> int:
     with _open(args) as reg:
-        progress = sys.stderr.isatty() if args.progress is None else args.progress
-        results = reg.identify_embeddings(reg.encoder.embed_batch(args.clips, progress=progress, vad=reg.vad),
+        results = reg.identify_embeddings(reg.encoder.embed_batch(args.clips, progress=_progress(args), vad=reg.vad),
                                           k=args.k)
         points = reg.operating_points()
     if args.json:
@@ -161,7 +164,9 @@ def cmd_calibrate(args) -> int:
         if args.reset:
             reg.reset_calibration()
         elif not args.show:
-            labelled = None if args.from_dir is None else _speaker_folders(args.from_dir)
+            from asit_embed.audio import speaker_folders
+
+            labelled = None if args.from_dir is None else speaker_folders(args.from_dir)
             reg.calibrate(labelled)
         points = reg.operating_points()
     if args.json:
@@ -175,20 +180,6 @@ def cmd_calibrate(args) -> int:
           f"among {points['speakers']} speakers; rises as speakers enroll)\n"
           f"verify       threshold {points['verify_threshold']:.3f}  ({points['far']:.1%} of impostor trials accepted)")
     return 0
-
-
-def _speaker_folders(root: str) -> dict[str, list[str]]:
-    """``{speaker: [clip paths]}`` from a folder holding one sub-folder of audio files per speaker."""
-    from pathlib import Path
-
-    from asit_embed.audio import AUDIO_SUFFIXES
-
-    base = Path(root)
-    if not base.is_dir():
-        raise FileNotFoundError(f"{root!r} is not a folder of speaker sub-folders")
-    speakers = {d.name: sorted(str(f) for f in d.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES)
-                for d in sorted(base.iterdir()) if d.is_dir()}
-    return {name: clips for name, clips in speakers.items() if clips}
 
 
 def cmd_serve(args) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asit_embed.calibration import Calibration, CalibrationError, impostor_scores
+from asit_embed.calibration import Calibration, impostor_scores
 from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerError
 from enroll.index import IndexConfig, TemplateIndex
 from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
@@ -306,9 +306,6 @@ class SpeakerRegistry:
                 rows += [r.embedding for r in recs]
             x = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
             source = "registry: labelled clips"
-        if len(set(names)) < 2:
-            raise CalibrationError(f"too little data to calibrate: {len(set(names))} speaker(s); at least 4 "
-                                   "speakers with 150 impostor trials between them are needed")
         cal = Calibration.fit(*impostor_scores(x, names, normalize=self._normalize_scores),
                               source=f"{source} ({len(set(names))} speakers, {len(x)} clips)", scoring=self.scoring)
         self._store.write_meta(_calibration_key(self.scoring), json.dumps(cal.to_dict()))
@@ -523,11 +520,7 @@ class SpeakerRegistry:
             raise UnknownSpeakerError(f"no speaker named {name!r} is enrolled")
         name = normalize_name(name)
         query = self._embed_query(clip, sample_rate, "verify")[None]
-        score = query @ info["template"][:, None]
-        if self.as_norm is not None:
-            mu_t, sd_t = self.as_norm.stats(info["template"][None])
-            score = self.as_norm.normalize(score, query, mu_t[:, None], sd_t[:, None])
-        s = float(score[0, 0])
+        s = float(self._normalize_scores(query @ info["template"][:, None], query, info["template"][None])[0, 0])
         return Match(name, s, s >= self.verify_threshold)
 
     # --- speakers -------------------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from asit_embed import load_encoder
-from asit_embed.calibration import Calibration
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.training.data import load_sources
-from asit_embed.training.metrics import PROTOCOLS, eer, enrollment_split, evaluate_embeddings, protocol_trials
+from asit_embed.training.metrics import (PROTOCOLS, eer, enrollment_split, evaluate_embeddings, pooled_calibration,
+                                         protocol_trials)
 from enroll.scoring import ASNorm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,17 +72,16 @@ def main() -> int:
         enroll, probe = enrollment_split(keys, speakers, **PROTOCOLS[name])
         sets[name] = (x, speakers, enroll, probe)
         results[name] = evaluate_embeddings(emb, speakers, keys, **PROTOCOLS[name])
+    as_norm = ASNorm(cohort.astype(np.float32)).score
+    source = "dev speakers unseen in training: " + ", ".join(
+        f"{len({sets[n][1][i] for i in sets[n][2]})} of {n}" for n in args.calibrate_on) + (
+        ", corpora weighted equally" if len(args.calibrate_on) > 1 else "")
     calibrations = {}
-    for scoring, normalize in (("cosine", None), ("as-norm", ASNorm(cohort.astype(np.float32)).score)):
+    for scoring, normalize in (("cosine", None), ("as-norm", as_norm)):
         trials = [(name, *protocol_trials(*sets[name], normalize=normalize)[1:]) for name in args.calibrate_on]
-        calibrations[scoring] = Calibration.fit(
-            np.concatenate([t[1] for t in trials]), np.concatenate([[f"{t[0]}/{w}" for w in t[2]] for t in trials]),
-            groups=np.concatenate([[t[0]] * len(t[1]) for t in trials]), scoring=scoring,
-            source="dev speakers unseen in training: " + ", ".join(
-                f"{len({sets[n][1][i] for i in sets[n][2]})} of {n}" for n in args.calibrate_on)
-                   + (", corpora weighted equally" if len(args.calibrate_on) > 1 else ""))
+        calibrations[scoring] = pooled_calibration(trials, source=source, scoring=scoring)
     so762 = results["speechocean762"]
-    threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=ASNorm(cohort).score)[:2])[1]
+    threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=as_norm)[:2])[1]
 
     ckpt = load_checkpoint(args.checkpoint)
     metadata = {**ckpt.metadata, "threshold": so762.eer_threshold, "threshold_asnorm": threshold_asnorm,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from asit_embed.audio import AUDIO_SUFFIXES, load_audio
+from asit_embed.audio import AUDIO_SUFFIXES, load_audio, speaker_folders
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,7 @@ def scan_folder(root: str | os.PathLike) -> list[Item]:
     """Items of a folder-per-speaker tree: ``root/<speaker>/**/<clip>.{wav,flac,ogg,mp3}``, with roles from
     :func:`folder_roles` (about a fifth of the speakers ``dev``), so training on a folder holds speakers out
     for model selection without being told."""
-    root = Path(root)
-    found = [(str(p), spk.name) for spk in sorted(root.iterdir()) if spk.is_dir()
-             for p in sorted(spk.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
+    found = [(path, speaker) for speaker, paths in speaker_folders(root).items() for path in paths]
     if not found:
         raise ValueError(f"{str(root)!r} holds no <speaker>/<clip> audio files ({sorted(AUDIO_SUFFIXES)})")
     roles = folder_roles([s for _, s in found])

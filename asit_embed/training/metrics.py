@@ -182,6 +182,19 @@ def _score(queries: np.ndarray, templates: np.ndarray, normalize: Callable | Non
     return scores if normalize is None else normalize(scores, queries, templates)
 
 
+def pooled_calibration(trials: Sequence[tuple[str, np.ndarray, np.ndarray]], *, source: str,
+                       scoring: str = "cosine"):
+    """A :class:`~asit_embed.calibration.Calibration` from the impostor trials of several dev sets,
+    ``[(set name, scores, speaker of each trial's probe)]`` as :func:`protocol_trials` gives them: each set
+    weighted equally, its speakers kept apart from other sets' by the set's name."""
+    from asit_embed.calibration import Calibration
+
+    return Calibration.fit(np.concatenate([scores for _, scores, _ in trials]),
+                           np.concatenate([[f"{name}/{w}" for w in who] for name, _, who in trials]),
+                           groups=np.concatenate([[name] * len(scores) for name, scores, _ in trials]),
+                           source=source, scoring=scoring)
+
+
 def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10, 25, 100), fpir: float = 0.01,
                         splits: int = 50, draws: int = 10, seed: int = 0, shipped=None,
                         calibrate_on: Sequence[str] | None = None, normalize: Callable | None = None) -> dict:
@@ -205,9 +218,9 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
     """
     from asit_embed.calibration import Calibration, CalibrationError, impostor_scores
 
-    def fit_or_none(*args, **kw) -> Calibration | None:
+    def fit_or_none(fit, *args, **kw) -> Calibration | None:
         try:
-            return Calibration.fit(*args, **kw)
+            return fit(*args, **kw)
         except CalibrationError:  # too few speakers in a half: that calibration is left out
             return None
 
@@ -223,14 +236,12 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
             halves[name] = (a, b)
             if calibrate_on is None or name in calibrate_on:
                 trials.append((name, *protocol_trials(x, speakers, enroll, probe, a, normalize=normalize)[1:]))
-        cv_shipped = shipped or fit_or_none(
-            np.concatenate([t[1] for t in trials]), np.concatenate([[f"{t[0]}/{w}" for w in t[2]] for t in trials]),
-            groups=np.concatenate([[t[0]] * len(t[1]) for t in trials]), source="dev halves")
+        cv_shipped = shipped or fit_or_none(pooled_calibration, trials, source="dev halves")
         for name, (x, speakers, enroll, probe) in sets.items():
             a, b = halves[name]
             own_clips = [i for i in enroll if speakers[i] in set(a)]
-            own = fit_or_none(*impostor_scores(x[own_clips], [speakers[i] for i in own_clips], normalize=normalize),
-                              source="own half")
+            own = fit_or_none(Calibration.fit, *impostor_scores(x[own_clips], [speakers[i] for i in own_clips],
+                                                                normalize=normalize), source="own half")
             for size in sizes:
                 if size > len(b) - 2:
                     continue

@@ -172,9 +172,13 @@ def _read_mono(f: sf.SoundFile) -> np.ndarray:
     a long multichannel file never exists in memory as all its channels at once."""
     # The header's length is not trusted (a streaming FLAC says "unknown", a truncated WAV claims more than it
     # holds): blocks are read until the data ends.
-    parts = [block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
-             for block in f.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True)]
+    parts = [downmix(block) for block in f.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True)]
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def downmix(block: np.ndarray) -> np.ndarray:
+    """``(frames, channels)`` float32 as ``(frames,)`` mono: the channels' mean."""
+    return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
 
 
 def resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:

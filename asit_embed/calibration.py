@@ -22,6 +22,14 @@ How the table is made:
 - Trials may come in groups (e.g. one per corpus) weighted equally, so a corpus of many short clips does
   not set the threshold alone.
 
+Voices unlike the calibration's (another language, microphone or age group) shift the whole impostor
+distribution: strangers then score higher (or lower) against everyone. :meth:`Calibration.adapted` moves the
+table by how much the mean score between clips of *different* speakers (:func:`cross_speaker_mean`) differs
+from the calibration data's. A registry measures that on its own enrolled speakers — different people by
+construction, so no labels beyond enrollment are needed — and adapts the shipped table once it holds
+:data:`ADAPT_MIN_SPEAKERS` of them (fewer give too noisy a mean). The statistic is a clip-to-clip one, so it
+does not depend on how many clips each speaker enrolled.
+
 Nothing here is a dependency's: SpeechBrain and scikit-learn give EER/minDCF and DET curves of a score set,
 not a stored, size-aware operating point.
 """
@@ -29,7 +37,7 @@ not a stored, size-aware operating point.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.stats import genpareto
@@ -39,6 +47,7 @@ RATES = tuple(float(r) for r in np.logspace(-7, math.log10(0.5), 64))  # the tab
 _LOG_RATES = np.log(RATES)  # what the table is interpolated in (read on every query)
 MIN_SPEAKERS = 4     # fewest speakers a calibration may come from
 MIN_TRIALS = 150     # fewest impostor trials (a 1 % operating point then rests on 15 tail scores)
+ADAPT_MIN_SPEAKERS = 5  # fewest enrolled speakers a shipped calibration is adapted to (2-3 move FPIR 2-4x)
 
 
 class CalibrationError(ValueError):
@@ -55,6 +64,9 @@ class Calibration:
         source: where it comes from, in words (shown by the CLI and the server).
         scoring: ``"cosine"`` or ``"as-norm"``: the scores it describes.
         confidence: the bootstrap quantile kept at each rate (0.5: the median estimate).
+        cross_mean: the mean cosine between clips of different speakers in the data it was fitted on (what
+            :meth:`adapted` compares a registry's voices with); None when not recorded.
+        shift: how far :meth:`adapted` moved the table (0: as fitted).
     """
 
     scores: tuple[float, ...]
@@ -63,13 +75,17 @@ class Calibration:
     source: str
     scoring: str = "cosine"
     confidence: float = 0.75
+    cross_mean: float | None = None
+    shift: float = 0.0
 
     @classmethod
     def fit(cls, scores, speakers, *, groups=None, source: str, scoring: str = "cosine",
-            confidence: float = 0.75, replicates: int = 200, seed: int = 0) -> Calibration:
+            confidence: float = 0.75, replicates: int = 200, seed: int = 0,
+            cross_mean: float | None = None) -> Calibration:
         """Fit from impostor trials: ``scores (n,)`` with the speaker of each trial's clip ``speakers (n,)``
-        (the bootstrap's unit) and optionally its ``groups (n,)`` (weighted equally). Refuses
-        (:class:`CalibrationError`) too few speakers or trials."""
+        (the bootstrap's unit) and optionally its ``groups (n,)`` (weighted equally). ``cross_mean``: the
+        data's :func:`cross_speaker_mean`, for :meth:`adapted`. Refuses (:class:`CalibrationError`) too few
+        speakers or trials."""
         s = np.asarray(scores, dtype=np.float64).ravel()
         spk = np.asarray(speakers).ravel()
         grp = np.zeros(len(s), dtype=int) if groups is None else np.unique(np.asarray(groups).ravel(),
@@ -103,7 +119,22 @@ class Calibration:
             s_at = _rate_scores(s[_balanced(blocks, size, rng, resample=False)])
         s_at = np.maximum.accumulate(s_at[::-1])[::-1]  # non-increasing in the rate
         return cls(tuple(round(float(v), 6) for v in s_at), int(len(s)), n_speakers, source, scoring,
-                   float(confidence))
+                   float(confidence), None if cross_mean is None else round(float(cross_mean), 6))
+
+    def adapted(self, cross_mean: float, n_speakers: int) -> Calibration:
+        """This table moved to voices whose :func:`cross_speaker_mean` is ``cross_mean`` (measured on
+        ``n_speakers`` speakers): every threshold shifts by the difference of the two means. Unchanged when
+        this calibration recorded no mean, or with fewer than :data:`ADAPT_MIN_SPEAKERS` speakers.
+
+        >>> cal = Calibration((0.9, 0.5), 200, 10, "dev", cross_mean=0.1)
+        >>> cal.adapted(0.25, 8).scores, cal.adapted(0.25, 3).scores
+        ((1.05, 0.65), (0.9, 0.5))
+        """
+        if self.cross_mean is None or n_speakers < ADAPT_MIN_SPEAKERS or not math.isfinite(cross_mean):
+            return self
+        shift = float(cross_mean) - self.cross_mean
+        return replace(self, scores=tuple(round(v + shift, 6) for v in self.scores), shift=round(shift, 4),
+                       source=f"{self.source}, adapted to {n_speakers} enrolled speakers ({shift:+.3f})")
 
     def score_at(self, rate: float) -> float:
         """The score that a share ``rate`` of impostor trials reaches (past the table's ends: its end)."""
@@ -129,20 +160,22 @@ class Calibration:
     def to_dict(self) -> dict:
         return {"rates": list(RATES), "scores": list(self.scores), "n_trials": self.n_trials,
                 "n_speakers": self.n_speakers, "source": self.source, "scoring": self.scoring,
-                "confidence": self.confidence}
+                "confidence": self.confidence, "cross_mean": self.cross_mean, "shift": self.shift}
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         rates = d.get("rates")
         if rates is not None and not np.allclose(rates, RATES):
             raise ValueError("calibration table was written for other rates")
+        cross_mean = d.get("cross_mean")
         return cls(tuple(float(v) for v in d["scores"]), int(d["n_trials"]), int(d["n_speakers"]),
-                   str(d["source"]), str(d.get("scoring", "cosine")), float(d.get("confidence", 0.75)))
+                   str(d["source"]), str(d.get("scoring", "cosine")), float(d.get("confidence", 0.75)),
+                   None if cross_mean is None else float(cross_mean), float(d.get("shift", 0.0)))
 
     def describe(self) -> dict:
         """What the CLI and the server report: where it comes from and how much data it rests on."""
         return {"source": self.source, "scoring": self.scoring, "n_speakers": self.n_speakers,
-                "n_trials": self.n_trials}
+                "n_trials": self.n_trials, "shift": self.shift}
 
 
 def _balanced(blocks, size: int, rng: np.random.Generator, *, resample: bool) -> np.ndarray:
@@ -196,3 +229,25 @@ def impostor_scores(embeddings: np.ndarray, speakers, *, normalize=None) -> tupl
     mask = np.ones_like(scores, dtype=bool)
     mask[np.arange(len(x)), label] = False
     return scores[mask], np.repeat(names[label], max(len(names) - 1, 0))
+
+
+def cross_speaker_mean(embeddings, speakers) -> float:
+    """Mean cosine over all pairs of clips of *different* speakers (NaN with fewer than two speakers), from
+    per-speaker sums in O(clips x dim) rather than over every pair.
+
+    >>> x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    >>> round(cross_speaker_mean(x, ["a", "a", "b", "b"]), 6)  # (0 + 0 + 0.6 + 0.6) / 4
+    0.3
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    names, label = np.unique(np.asarray(speakers), return_inverse=True)
+    if len(names) < 2:
+        return float("nan")
+    sums = np.zeros((len(names), x.shape[1]))
+    np.add.at(sums, label, x)
+    counts = np.bincount(label).astype(np.float64)
+    total, total_sum = float(len(x)), sums.sum(0)
+    # sum over ordered pairs of distinct speakers = |sum of all|^2 - sum over speakers of |their sum|^2
+    pairs_sum = float(total_sum @ total_sum) - float((sums * sums).sum())
+    return pairs_sum / (total * total - float(counts @ counts))

@@ -31,6 +31,8 @@ TRAIN_HELP = {
     "train_role": "manifest role to train on",
     "dev_role": "manifest role to evaluate on ('none': skip)",
     "balance_corpora": "with several datasets, give each corpus a share of the crops proportional to its speakers",
+    "first_corpus_share": "with several balanced datasets, the first one's share of the crops (the others split "
+                          "the rest by speakers)",
     "epoch_clips": "crops per epoch (default: one per training clip)",
     "speed_speakers": "speed factors whose copies count as new speakers (e.g. 0.9 1.1; none by default)",
     "epochs": "length of the learning-rate schedule",

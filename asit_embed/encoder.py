@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -18,6 +19,7 @@ from asit_embed.audio import AudioError, load_audio, prepare_waveform
 from asit_embed.checkpoint import Checkpoint, fingerprint, load_checkpoint
 from asit_embed.features import features
 from asit_embed.model import ASiTEncoder
+from asit_embed.stream import FileStream, fbank_blocks, normalized_windows, stream_seconds
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,8 @@ class SpeakerEncoder:
         >>> e.shape, e.dtype, round(float(np.linalg.norm(e)), 4)
         ((192,), dtype('float32'), 1.0)
         """
+        if self._streams(clip, sample_rate, vad):
+            return self._embed_stream(clip)[0]
         return self._embed_prepared([self.prepare(clip, sample_rate, vad=vad)])[0]
 
     def embed_batch(self, clips: Iterable[Clip], *, sample_rate: int | None = None, batch_size: int = 16,
@@ -226,23 +230,65 @@ class SpeakerEncoder:
         them). Clips are decoded ``batch_size`` at a time, so memory stays bounded for long lists; the
         vectors equal those of one clip at a time. ``progress``: a progress bar counting clips.
         """
+        described = self._embed_described(clips, sample_rate=sample_rate, batch_size=batch_size,
+                                          progress=progress, vad=vad)
+        return np.stack([e for e, _, _ in described]) if described else np.empty((0, self.dim), np.float32)
+
+    def _embed_described(self, clips: Iterable[Clip], *, sample_rate: int | None = None, batch_size: int = 16,
+                         progress: bool = False, vad: bool | None = None) -> list[tuple[np.ndarray, float, str]]:
+        """``(embedding, seconds at the model's rate, sha256 of those float32 samples)`` of each clip, as
+        :meth:`embed_batch` embeds them (what a registry records of an enrolled clip); long files are
+        streamed (:mod:`asit_embed.stream`)."""
         clips = list(clips)
-        out = np.empty((len(clips), self.dim), dtype=np.float32)
+        out: list = [None] * len(clips)
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(clips), desc="embedding", unit="clip")
         for i in range(0, len(clips), batch_size):
-            chunk = clips[i:i + batch_size]
-            out[i:i + len(chunk)] = self._embed_prepared([self.prepare(c, _rate_for(c, sample_rate), vad=vad)
-                                                          for c in chunk],
-                                                         batch_size=batch_size)
+            waves = {}
+            for j in range(i, min(i + batch_size, len(clips))):
+                rate = _rate_for(clips[j], sample_rate)
+                if self._streams(clips[j], rate, vad):
+                    out[j] = self._embed_stream(clips[j], batch_size=batch_size)
+                else:
+                    waves[j] = self.prepare(clips[j], rate, vad=vad)
+            for (j, wave), emb in zip(waves.items(), self._embed_prepared(waves.values(), batch_size=batch_size)):
+                out[j] = (emb, wave.shape[0] / self.sample_rate, hashlib.sha256(wave.tobytes()).hexdigest())
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(min(batch_size, len(clips) - i))
         if bar is not None:
             bar.close()
         return out
+
+    def _streams(self, clip: Clip, sample_rate: int | None, vad: bool | None) -> bool:
+        """Whether ``clip`` is a long file to embed as a stream (speech detection needs the whole signal)."""
+        return sample_rate is None and not (self.vad if vad is None else vad) and stream_seconds(clip) is not None
+
+    @torch.inference_mode()
+    def _embed_stream(self, clip: Clip, *, batch_size: int = 16) -> tuple[np.ndarray, float, str]:
+        """:meth:`_embed_described` of one long file, read twice as a stream with memory bounded by a block:
+        once for validation and the features' mean, once to embed its windows (:mod:`asit_embed.stream`)."""
+        front_end = self.config.front_end
+        stream = FileStream(clip, self.sample_rate)
+        total, count = torch.zeros(front_end.n_mels, dtype=torch.float64), 0
+        for block in fbank_blocks(stream.blocks(), front_end):
+            total += block.sum(0, dtype=torch.float64)
+            count += block.shape[0]
+        stream.check(self.config.min_seconds)
+        windows = self.windows(count)
+        sums, batch = torch.zeros(self.dim, dtype=torch.float64), []
+        for i, window in enumerate(normalized_windows(stream, front_end, windows, (total / count).float())):
+            batch.append(window)
+            if len(batch) == batch_size or i == len(windows) - 1:
+                spec = torch.stack(batch).transpose(1, 2).to(self.device)
+                lengths = torch.full((len(batch),), spec.shape[-1], device=self.device)
+                emb = torch.nn.functional.normalize(self._run(spec, lengths).float().cpu(), dim=1)
+                sums += emb.sum(0, dtype=torch.float64)
+                batch = []
+        embedding = torch.nn.functional.normalize(sums.float(), dim=0).numpy()
+        return embedding, stream.samples / self.sample_rate, stream.sha256
 
     # Deprecated names (one release): embed() and embed_batch() take every kind of clip.
     def embed_clip(self, clip: Clip, sample_rate: int | None = None) -> np.ndarray:

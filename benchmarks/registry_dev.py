@@ -9,8 +9,9 @@ verification at ``verify_threshold``: the share of impostor trials accepted (tar
 target trials rejected. Then open-set identification through real registries: in each of ``--splits``
 random halvings of the speakers, N of one half are enrolled (N = 5 and 10, where the half allows) and the
 rest of that half call in as strangers; FPIR (strangers accepted as anyone; target 1 %) and TPIR (enrolled
-callers named right and accepted), with the shipped calibration and after ``calibrate()`` on the other half's
-labelled clips. Writes ``results/registry_dev.json``.
+callers named right and accepted), with the shipped calibration as it is (``adapt=False``), adapted to the
+enrolled voices (the default) and after ``calibrate()`` on the other half's labelled clips. Writes
+``results/registry_dev.json``.
 """
 
 import argparse
@@ -56,8 +57,8 @@ def open_set(encoder, emb, speakers, enroll, probe, *, sizes, splits, seed=0) ->
             if size > len(b) - 2:
                 continue
             known = rng.permutation(b)[:size].tolist()
-            for kind in ("shipped", "own"):
-                reg = SpeakerRegistry(encoder=encoder)
+            for kind in ("shipped", "adapted", "own"):
+                reg = SpeakerRegistry(encoder=encoder, adapt=kind != "shipped")
                 reg.enroll_many({n: emb[[i for i in enroll if speakers[i] == n]] for n in known}, embeddings=True,
                                 allow_duplicates=True)
                 if kind == "own":

@@ -15,7 +15,8 @@ def _open(args):
 
     encoder = load_encoder(args.checkpoint, precision=args.precision, device=args.device)
     return SpeakerRegistry(args.registry, encoder=encoder, threshold=args.threshold, as_norm=args.as_norm,
-                           far=args.far, fpir=args.fpir, vad=args.vad, readonly=args.read_only)
+                           far=args.far, fpir=args.fpir, vad=args.vad, readonly=args.read_only,
+                           adapt=not args.no_adapt)
 
 
 def _progress(args) -> bool:
@@ -204,7 +205,8 @@ def cmd_serve(args) -> int:
     app = create_app(args.registry, encoder=encoder, threshold=args.threshold, as_norm=args.as_norm,
                      far=args.far, fpir=args.fpir, vad=args.vad, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
                      max_files=args.max_files, max_request_seconds=args.max_request_seconds, allowed_hosts=hosts,
-                     token=token, readonly=args.read_only, max_request_wall=args.max_request_wall)
+                     token=token, readonly=args.read_only, max_request_wall=args.max_request_wall,
+                     adapt=not args.no_adapt)
     try:
         server = make_server(app, host=args.host, port=args.port, threads=args.threads)
     except OSError as err:
@@ -252,6 +254,8 @@ def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
     g.add_argument("--far", type=float, **d(0.01), help="verify: share of impostor trials accepted")
     g.add_argument("--threshold", type=float, **d(None),
                    help="one fixed accept score for both, instead of --fpir / --far")
+    g.add_argument("--no-adapt", action="store_true", **d(False),
+                   help="use the shipped calibration as it is, not moved to the enrolled voices (from 5 speakers)")
     g.add_argument("--as-norm", action="store_true", **d(False), help="AS-norm scoring against the shipped cohort")
     g.add_argument("--vad", action="store_true", **d(False),
                    help="keep only the speech of every clip (Silero VAD: pip install 'asit-embed[vad]')")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asit_embed.calibration import Calibration, impostor_scores
+from asit_embed.calibration import Calibration, cross_speaker_mean, impostor_scores
 from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerError
 from enroll.index import IndexConfig, TemplateIndex
 from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
@@ -29,6 +29,7 @@ from enroll.store import ClipRecord, Store
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5  # used only when the encoder's checkpoint carries no calibration at all
+ADAPT_SAMPLE_SPEAKERS = 200  # speakers whose clips measure a registry's voices for the shipped calibration
 DEFAULT_FAR = 0.01       # verification: share of impostor trials accepted
 DEFAULT_FPIR = 0.01      # identification: share of unknown callers accepted as someone enrolled
 AS_NORM_POOL = 50   # candidates re-scored with AS-norm, which can reorder them
@@ -59,6 +60,10 @@ class SpeakerRegistry:
             changes raise :class:`~enroll.errors.ReadOnlyRegistryError`; the index is kept in memory.
         vad: keep only the speech of every clip (Silero VAD; ``pip install 'asit-embed[vad]'``); a clip
             without speech is an :class:`~asit_embed.AudioError`. Default: the encoder's setting.
+        adapt: move the shipped calibration to the enrolled voices (by how much strangers' scores among
+            them differ from the calibration data's; :meth:`Calibration.adapted
+            <asit_embed.calibration.Calibration.adapted>`) once 5 speakers are enrolled. A registry's own
+            :meth:`calibrate` is used as it is.
 
     >>> reg = SpeakerRegistry()
     >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
@@ -70,7 +75,7 @@ class SpeakerRegistry:
     def __init__(self, path: str | os.PathLike | None = None, *, encoder=None, far: float = DEFAULT_FAR,
                  fpir: float = DEFAULT_FPIR, threshold: float | None = None, as_norm: bool = False,
                  cohort: np.ndarray | None = None, index: IndexConfig | str = "auto", vad: bool | None = None,
-                 readonly: bool = False):
+                 readonly: bool = False, adapt: bool = True):
         if encoder is None:
             from asit_embed import load_encoder
 
@@ -109,6 +114,8 @@ class SpeakerRegistry:
         self.scoring = "as-norm" if as_norm else "cosine"
         self._shipped = _shipped_calibration(meta, self.scoring)
         self._own: tuple[str | None, Calibration | None] = (None, None)  # (stored JSON, parsed)
+        self.adapt = bool(adapt)
+        self._adapted: tuple[int, Calibration | None] = (-1, None)  # (store version, shipped adapted to it)
         self._index = TemplateIndex(self.dim, IndexConfig(kind=index) if isinstance(index, str) else index)
         self._unsaved = 0   # speaker changes in the in-memory index but not in the index file
         path = self._index_file()
@@ -238,13 +245,26 @@ class SpeakerRegistry:
     @property
     def calibration(self) -> Calibration | None:
         """The calibration in use: the registry's own (:meth:`calibrate`), else the one shipped with the
-        encoder's checkpoint; None with a fixed ``threshold`` or an encoder that carries none."""
+        encoder's checkpoint, adapted to the enrolled voices (``adapt``); None with a fixed ``threshold`` or an
+        encoder that carries none."""
         if self.fixed_threshold is not None:
             return None
         raw = self._store.get_meta(_calibration_key(self.scoring))  # read each time: another process may calibrate
         if raw != self._own[0]:
             self._own = (raw, None if raw is None else Calibration.from_dict(json.loads(raw)))
-        return self._own[1] or self._shipped
+        if self._own[1] is not None:
+            return self._own[1]
+        if self._shipped is None or not self.adapt or self._shipped.cross_mean is None:
+            return self._shipped
+        version = self._store.version()
+        if self._adapted[0] != version:
+            with self._store.snapshot():
+                version = self._store.version()
+                names, x = self._store.clip_sample(ADAPT_SAMPLE_SPEAKERS)
+            n = len(set(names))
+            mean = cross_speaker_mean(x.reshape(len(names), self.dim), names) if n > 1 else float("nan")
+            self._adapted = (version, self._shipped.adapted(mean, n))
+        return self._adapted[1]
 
     @property
     def verify_threshold(self) -> float:
@@ -327,13 +347,13 @@ class SpeakerRegistry:
         if isinstance(clips, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, torch.Tensor)) or (
                 hasattr(clips, "read")):
             clips = [clips]
-        waves = [self.encoder.prepare(clip, _rate(clip, sample_rate, instead), vad=self.vad) for clip in clips]
-        if not waves:
+        clips = list(clips)
+        if not clips:
             raise ValueError(f"no clips given to enroll {name!r}")
-        embeddings = self.encoder.embed_batch(waves, sample_rate=self.encoder.sample_rate, vad=False,
-                                              progress=progress)
-        return [ClipRecord(emb, wave.shape[0] / self.encoder.sample_rate, hashlib.sha256(wave.tobytes()).hexdigest())
-                for wave, emb in zip(waves, embeddings)]
+        for clip in clips:
+            _rate(clip, sample_rate, instead)
+        return [ClipRecord(emb, seconds, sha256) for emb, seconds, sha256 in self.encoder._embed_described(
+            clips, sample_rate=sample_rate, vad=self.vad, progress=progress)]
 
     def _embedding_records(self, name: str, vectors) -> list[ClipRecord]:
         embeddings = self._unit_rows(vectors, f"embeddings of {name!r}")

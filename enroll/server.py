@@ -133,13 +133,13 @@ def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: flo
                max_upload_mb: float = 20.0,
                max_seconds: float = 60.0, max_files: int = 20, max_request_seconds: float = 300.0,
                allowed_hosts=LOOPBACK_HOSTS, token: str | None = None, readonly: bool = False,
-               max_request_wall: float = 60.0) -> Flask:
+               max_request_wall: float = 60.0, adapt: bool = True) -> Flask:
     """The Flask app serving the registry in directory ``registry_path`` (created if missing).
 
     Args:
         registry_path: registry directory, as for :class:`SpeakerRegistry`.
         encoder: a :class:`asit_embed.SpeakerEncoder`; default the bundled one.
-        threshold, as_norm, far, fpir, vad: as for :class:`SpeakerRegistry`.
+        threshold, as_norm, far, fpir, vad, adapt: as for :class:`SpeakerRegistry`.
         max_upload_mb: largest request body in MB (all files of one request together); larger is 413.
         max_seconds: longest clip in seconds; longer is 413.
         max_files: most audio files in one request; more is 413 (before any is decoded).
@@ -167,7 +167,7 @@ def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: flo
 
         encoder = load_encoder()
     registries = Registries(registry_path, encoder=encoder, threshold=threshold, as_norm=as_norm, far=far, fpir=fpir,
-                            vad=vad, readonly=readonly)
+                            vad=vad, readonly=readonly, adapt=adapt)
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)

@@ -86,7 +86,9 @@ class Store:
             if not readonly:
                 self._create()
         except sqlite3.Error as err:
-            raise RegistryDatabaseError(f"cannot open registry database {path!r}: {err}") from err
+            hint = ("; to query it without changing it, open it read-only (readonly=True, --read-only)"
+                    if not readonly and "readonly" in str(err) else "")
+            raise RegistryDatabaseError(f"cannot open registry database {path!r}: {err}{hint}") from err
         self.uid = self.get_meta("uid")
 
     def _check_existing(self) -> None:
@@ -267,6 +269,14 @@ class Store:
         """Every stored clip embedding with its speaker's name: ``(names, (n, dim) float32)``."""
         return _keyed_matrix(self.db.execute("SELECT s.name, c.embedding FROM clips c JOIN speakers s "
                                              "ON s.id = c.speaker_id ORDER BY s.name, c.id"))
+
+    def clip_sample(self, max_speakers: int) -> tuple[list[str], np.ndarray]:
+        """The clip embeddings of at most ``max_speakers`` speakers, a spread of ids chosen by a fixed hash
+        (the same speakers every time while they stay enrolled): ``(names, (n, dim) float32)``."""
+        return _keyed_matrix(self.db.execute(
+            "SELECT s.name, c.embedding FROM clips c JOIN speakers s ON s.id = c.speaker_id WHERE s.id IN "
+            "(SELECT id FROM speakers ORDER BY (id * 2654435761) % 4294967296 LIMIT ?) ORDER BY s.name, c.id",
+            (int(max_speakers),)))
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
         """The speakers of ``ids`` (repeats allowed) still enrolled: ``(ids (n,) int64, names, templates

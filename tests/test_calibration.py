@@ -8,15 +8,17 @@ import textwrap
 import numpy as np
 import pytest
 
-from asit_embed.calibration import Calibration, CalibrationError, impostor_scores
+from asit_embed.calibration import Calibration, CalibrationError, cross_speaker_mean, impostor_scores
 from enroll import SpeakerRegistry
 
 
-def voices(n_speakers, n_clips, dim, *, spread=0.6, seed=0):
-    """Clip embeddings of ``n_speakers`` synthetic voices: a centre each plus noise."""
+def voices(n_speakers, n_clips, dim, *, spread=0.6, seed=0, common=0.0):
+    """Clip embeddings of ``n_speakers`` synthetic voices: a centre each plus noise; ``common`` adds a
+    direction shared by all (voices of one domain sound more alike: every score rises)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_speakers, dim))
     x = np.repeat(centres, n_clips, axis=0) + spread * rng.standard_normal((n_speakers * n_clips, dim))
+    x[:, 0] += common * np.sqrt(dim)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), [
         f"s{i:02d}" for i in range(n_speakers) for _ in range(n_clips)]
 
@@ -85,6 +87,52 @@ def test_round_trip_through_json():
     assert back == cal and back.identify_threshold(25, 0.01) == cal.identify_threshold(25, 0.01)
 
 
+def test_cross_speaker_mean_is_the_mean_over_pairs_of_different_speakers():
+    x, names = voices(5, 3, 16, common=0.5)
+    who = np.array(names)
+    brute = (x @ x.T)[who[:, None] != who[None, :]].mean()
+    assert cross_speaker_mean(x, names) == pytest.approx(brute, abs=1e-6)
+    assert np.isnan(cross_speaker_mean(x[:3], names[:3]))  # one speaker: no pairs
+
+
+def test_adapting_moves_every_threshold_by_the_shift_of_the_voices():
+    cal = Calibration.fit(*gaussian_trials(), source="dev", cross_mean=0.1)
+    moved = cal.adapted(0.3, 12)
+    assert moved.shift == pytest.approx(0.2) and "adapted to 12 enrolled speakers" in moved.source
+    assert moved.identify_threshold(12, 0.01) == pytest.approx(cal.identify_threshold(12, 0.01) + 0.2, abs=1e-5)
+    assert moved.verify_threshold(0.01) == pytest.approx(cal.verify_threshold(0.01) + 0.2, abs=1e-5)
+    assert cal.adapted(0.3, 4) is cal                   # too few speakers to measure their voices by
+    assert cal.adapted(float("nan"), 12) is cal
+    plain = Calibration.fit(*gaussian_trials(), source="dev")
+    assert plain.adapted(0.3, 12) is plain              # recorded no mean to compare with
+    assert Calibration.from_dict(json.loads(json.dumps(moved.to_dict()))) == moved
+
+
+def test_adapting_brings_strangers_of_another_domain_back_to_the_target():
+    """Calibrated on one domain, used on voices that all sound more alike (every score higher): as it is, the
+    calibration lets five times too many strangers through; adapted to the enrolled voices, it comes back
+    near the target (a little under it: here the shared direction also narrows the impostor scores)."""
+    dim, fpir = 64, 0.01
+    x, names = voices(60, 6, dim, spread=0.9, common=0.4)
+    cal = Calibration.fit(*impostor_scores(x, names), source="domain A", cross_mean=cross_speaker_mean(x, names))
+    y, who = voices(410, 4, dim, spread=0.9, seed=1, common=0.6)
+    who = np.array(who)
+    rates = {"as shipped": [], "adapted": []}
+    for draw in range(10):
+        known = [f"s{i:02d}" for i in range(20 * draw, 20 * draw + 10)]
+        enrolled = np.isin(who, known) & (np.arange(len(who)) % 4 < 2)   # two clips each enroll
+        templates = np.stack([y[enrolled & (who == k)].mean(0) for k in known])
+        templates /= np.linalg.norm(templates, axis=1, keepdims=True)
+        strangers = y[~np.isin(who, [f"s{i:02d}" for i in range(200)])]   # speakers 200-409 call in
+        best = (strangers @ templates.T).max(1)
+        adapted = cal.adapted(cross_speaker_mean(y[enrolled], who[enrolled]), len(known))
+        rates["as shipped"].append((best >= cal.identify_threshold(10, fpir)).mean())
+        rates["adapted"].append((best >= adapted.identify_threshold(10, fpir)).mean())
+    shipped, adapted = np.mean(rates["as shipped"]), np.mean(rates["adapted"])
+    assert shipped > 0.04 and 0.001 < adapted < 0.02
+    assert abs(np.log(adapted / fpir)) < abs(np.log(shipped / fpir))
+
+
 def test_impostor_scores_pair_each_clip_with_every_other_speaker():
     x, names = voices(5, 4, 16)
     scores, who = impostor_scores(x, names)
@@ -95,7 +143,7 @@ def test_impostor_scores_pair_each_clip_with_every_other_speaker():
 # --- the registry ---------------------------------------------------------------------------------------------
 def test_the_shipped_calibration_gives_both_operating_points(encoder):
     assert "calibrations" in encoder.metadata, "the bundled checkpoint ships a calibration"
-    reg = SpeakerRegistry(encoder=encoder)
+    reg = SpeakerRegistry(encoder=encoder, adapt=False)
     cal = reg.calibration
     assert cal is not None and cal.source.startswith("dev speakers")
     assert reg.verify_threshold == pytest.approx(cal.verify_threshold(0.01))
@@ -106,6 +154,33 @@ def test_the_shipped_calibration_gives_both_operating_points(encoder):
     assert reg.identify_threshold() > reg.verify_threshold  # 1:N is stricter than 1:1 at the same rate
     points = reg.operating_points()
     assert points["speakers"] == 30 and points["calibration"]["kind"] == "shipped"
+
+
+def test_the_registry_adapts_the_shipped_calibration_to_its_voices(encoder, tmp_path):
+    shipped = SpeakerRegistry(encoder=encoder, adapt=False).calibration
+    assert shipped.cross_mean is not None, "the bundled calibration records its voices' cross-speaker mean"
+    x, names = voices(8, 3, encoder.dim, common=0.6)
+    who = np.array(names)
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder) as reg:
+        for s in sorted(set(names))[:4]:
+            reg.enroll_embeddings(s, x[who == s])
+        assert reg.calibration == shipped        # 4 speakers: too few to measure their voices by
+        for s in sorted(set(names))[4:]:
+            reg.enroll_embeddings(s, x[who == s])
+        shift = cross_speaker_mean(x, names) - shipped.cross_mean
+        assert abs(shift) > 0.05
+        assert reg.identify_threshold() == pytest.approx(shipped.identify_threshold(8, 0.01) + shift, abs=1e-4)
+        assert reg.verify_threshold == pytest.approx(shipped.verify_threshold(0.01) + shift, abs=1e-4)
+        points = reg.operating_points()["calibration"]
+        assert points["kind"] == "shipped" and points["shift"] == pytest.approx(shift, abs=1e-4)
+        reg.remove("s07")                        # follows the enrolled speakers
+        assert reg.calibration.shift == pytest.approx(cross_speaker_mean(x[who != "s07"], who[who != "s07"])
+                                                      - shipped.cross_mean, abs=1e-4)
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, adapt=False) as reg:
+        assert reg.calibration is not None and reg.calibration.shift == 0
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder) as reg:
+        own = reg.calibrate(dict((s, x[who == s]) for s in sorted(set(names))), embeddings=True)
+        assert reg.calibration == own and own.shift == 0  # one's own calibration is used as it is
 
 
 def test_verify_and_identify_decide_at_their_own_thresholds(encoder):

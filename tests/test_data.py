@@ -117,6 +117,11 @@ def test_corpus_weights_follow_speakers_not_clips():
     w = corpus_weights(items)
     assert w[:8].sum() == pytest.approx(0.25) and w[8:].sum() == pytest.approx(0.75)
     assert torch.allclose(w[:8], w[0].expand(8))
+    z = [Item("z0", "z/s", corpus="z")]
+    w = corpus_weights(items + z, first_share=0.5)  # x fixed at half; y (3 speakers) and z (1) split the rest
+    assert [w[:8].sum().item(), w[8:11].sum().item(), w[11].item()] == pytest.approx([0.5, 0.375, 0.125])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        corpus_weights(items, first_share=1.0)
 
 
 def test_short_clips_are_extended_with_the_same_speaker(tmp_path):

@@ -5,12 +5,15 @@ import json
 import shutil
 import sqlite3
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from enroll import DuplicateClipError, RegistryDatabaseError, RegistryError, SpeakerRegistry
 from enroll.cli import main as enroll_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def unit(rng, n, d):
@@ -186,3 +189,45 @@ def test_read_only_registry_answers_queries_and_refuses_changes(filled, encoder,
     app.extensions["enroll"].registries.close()
     with pytest.raises(RegistryError, match="no registry database"):
         SpeakerRegistry(filled.parent / "nothing", encoder=encoder, readonly=True)
+
+
+def test_registry_on_files_the_process_cannot_write(filled, tmp_path):
+    """A registry whose directory and files deny writing, opened by a process that really cannot write
+    (as root, the check runs without the capability to override file permissions, which root otherwise
+    writes through)."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    import tempfile
+
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without util-linux setpriv to drop CAP_DAC_OVERRIDE")
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    base = Path(tempfile.mkdtemp(prefix="asit-ro-"))
+    try:
+        reg = base / "reg"
+        shutil.copytree(filled, reg)
+        for p in [reg, *reg.iterdir()]:
+            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+                                                                  if p.is_dir() else 0))
+        base.chmod(0o755)
+        code = (
+            "import sys\n"
+            "from enroll.cli import main\n"
+            "reg = ['--registry', sys.argv[1], '--threshold', '0.5']\n"
+            "print('list', main(reg + ['--read-only', 'list']))\n"
+            "print('write', main(reg + ['remove', 's00']))\n")
+        run = subprocess.run([*prefix, sys.executable, "-c", code, str(reg)], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        assert "list 0" in run.stdout, run.stderr
+        assert "s29" in run.stdout
+        assert "write 1" in run.stdout and "Traceback" not in run.stderr  # one clear line, exit status 1
+        assert "error: cannot open registry database" in run.stderr and "--read-only" in run.stderr
+    finally:
+        for p in [base, *base.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(base)

@@ -173,8 +173,11 @@ def load_sources(sources: str | os.PathLike | Sequence[str | os.PathLike], *, ro
     return items
 
 
-def corpus_weights(items: Sequence[Item]) -> torch.Tensor:
+def corpus_weights(items: Sequence[Item], first_share: float | None = None) -> torch.Tensor:
     """``(len(items),)`` sampling weights giving each corpus a share proportional to its number of speakers.
+
+    ``first_share`` (0–1) fixes the share of the first corpus (that of ``items[0]``) instead; the others split
+    the rest in proportion to their speakers.
 
     Within a corpus every clip is equally likely. A corpus of many short clips from few speakers (40 words ×
     5 repetitions × 30 speakers) would otherwise dominate one with 20 sentences from each of 100 speakers;
@@ -186,7 +189,14 @@ def corpus_weights(items: Sequence[Item]) -> torch.Tensor:
         clips[it.corpus] = clips.get(it.corpus, 0) + 1
         speakers.setdefault(it.corpus, set()).add(it.speaker)
     total = sum(len(s) for s in speakers.values())
-    return torch.tensor([len(speakers[it.corpus]) / total / clips[it.corpus] for it in items], dtype=torch.float64)
+    share = {c: len(s) / total for c, s in speakers.items()}
+    if first_share is not None and len(share) > 1:
+        if not 0 < first_share < 1:
+            raise ValueError(f"first_share {first_share} must lie strictly between 0 and 1")
+        first = items[0].corpus
+        rest = total - len(speakers[first])
+        share = {c: first_share if c == first else (1 - first_share) * len(speakers[c]) / rest for c in share}
+    return torch.tensor([share[it.corpus] / clips[it.corpus] for it in items], dtype=torch.float64)
 
 
 class SpeakerLabels:

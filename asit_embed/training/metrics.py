@@ -183,16 +183,31 @@ def _score(queries: np.ndarray, templates: np.ndarray, normalize: Callable | Non
 
 
 def pooled_calibration(trials: Sequence[tuple[str, np.ndarray, np.ndarray]], *, source: str,
-                       scoring: str = "cosine"):
+                       scoring: str = "cosine", cross_mean: float | None = None):
     """A :class:`~asit_embed.calibration.Calibration` from the impostor trials of several dev sets,
     ``[(set name, scores, speaker of each trial's probe)]`` as :func:`protocol_trials` gives them: each set
-    weighted equally, its speakers kept apart from other sets' by the set's name."""
+    weighted equally, its speakers kept apart from other sets' by the set's name. ``cross_mean``: see
+    :func:`dev_cross_mean`."""
     from asit_embed.calibration import Calibration
 
     return Calibration.fit(np.concatenate([scores for _, scores, _ in trials]),
                            np.concatenate([[f"{name}/{w}" for w in who] for name, _, who in trials]),
                            groups=np.concatenate([[name] * len(scores) for name, scores, _ in trials]),
-                           source=source, scoring=scoring)
+                           source=source, scoring=scoring, cross_mean=cross_mean)
+
+
+def dev_cross_mean(sets: Sequence[tuple], names: Sequence[Sequence[str] | None] | None = None) -> float:
+    """The :func:`~asit_embed.calibration.cross_speaker_mean` of dev sets ``[(x, speakers, enroll, probe)]``
+    (each set's clips of ``names[i]``, default all its enrolled speakers), the sets weighted equally: what a
+    calibration records so that a registry can adapt it to its own voices."""
+    from asit_embed.calibration import cross_speaker_mean
+
+    means = []
+    for i, (x, speakers, enroll, probe) in enumerate(sets):
+        keep = set(speakers[j] for j in enroll) if names is None or names[i] is None else set(names[i])
+        clips = [j for j in (*enroll, *probe) if speakers[j] in keep]
+        means.append(cross_speaker_mean(x[clips], [speakers[j] for j in clips]))
+    return float(np.mean(means))
 
 
 def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10, 25, 100), fpir: float = 0.01,
@@ -207,6 +222,9 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
       in ``calibrate_on`` (default: all), weighted equally (how ``tools/calibrate.py`` makes the shipped one,
       from all their dev speakers); or, when a :class:`~asit_embed.calibration.Calibration` is passed as
       ``shipped``, that one (e.g. a checkpoint's);
+    - ``adapted``: ``shipped`` moved to the N enrolled speakers' voices
+      (:meth:`~asit_embed.calibration.Calibration.adapted`, from their enrollment clips): what a registry
+      does by default;
     - ``own``: a calibration from the A half of this set alone, from its enrollment clips, leave-one-out (what
       :meth:`enroll.SpeakerRegistry.calibrate` does with a registry's enrolled speakers).
 
@@ -216,7 +234,7 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
     means over splits and draws, and ``det`` (FNIR/FPIR pairs at the largest N) for a DET plot.
     ``normalize(scores, queries, templates)`` scores with another scoring than cosine (e.g. AS-norm).
     """
-    from asit_embed.calibration import Calibration, CalibrationError, impostor_scores
+    from asit_embed.calibration import Calibration, CalibrationError, cross_speaker_mean, impostor_scores
 
     def fit_or_none(fit, *args, **kw) -> Calibration | None:
         try:
@@ -236,7 +254,10 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
             halves[name] = (a, b)
             if calibrate_on is None or name in calibrate_on:
                 trials.append((name, *protocol_trials(x, speakers, enroll, probe, a, normalize=normalize)[1:]))
-        cv_shipped = shipped or fit_or_none(pooled_calibration, trials, source="dev halves")
+        on = [n for n in sets if calibrate_on is None or n in calibrate_on]
+        cv_shipped = shipped or fit_or_none(
+            pooled_calibration, trials, source="dev halves", cross_mean=None if normalize else dev_cross_mean(
+                [sets[n] for n in on], [halves[n][0] for n in on]))
         for name, (x, speakers, enroll, probe) in sets.items():
             a, b = halves[name]
             own_clips = [i for i in enroll if speakers[i] in set(a)]
@@ -256,7 +277,10 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
                     s_best = _score(x[[i for i in probe if speakers[i] in strangers]], templates, normalize).max(1)
                     row = acc.setdefault(name, {}).setdefault(size, {})
                     row.setdefault("draws", []).append(1)
-                    for kind, cal in (("shipped", cv_shipped), ("own", own)):
+                    known_clips = [i for i in enroll if speakers[i] in set(known)]
+                    adapted = None if cv_shipped is None or cv_shipped.cross_mean is None else cv_shipped.adapted(
+                        cross_speaker_mean(x[known_clips], [speakers[i] for i in known_clips]), size)
+                    for kind, cal in (("shipped", cv_shipped), ("adapted", adapted), ("own", own)):
                         if cal is None:
                             continue
                         t = cal.identify_threshold(size, fpir)

@@ -56,6 +56,7 @@ class TrainConfig(LoopConfig):
     # Several corpora: each corpus's share of the crops follows its number of speakers (False: every clip
     # equally likely, so a corpus of many short clips dominates).
     balance_corpora: bool = True
+    first_corpus_share: float | None = None    # fixes the first dataset's share of the crops (e.g. 0.5)
     epoch_clips: int | None = None             # crops per epoch; None: one per training clip
     speed_speakers: tuple[float, ...] = ()     # e.g. (0.9, 1.1): sped-up / slowed-down copies as new speakers
     # distillation from the Resemblyzer teacher (needs asit-embed[train]); 0 switches it off
@@ -205,7 +206,7 @@ def epoch_order(data: CropDataset, items: list[Item], cfg: TrainConfig, epoch: i
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
     n = cfg.epoch_clips or len(data)
     if cfg.balance_corpora and len({it.corpus for it in items}) > 1:
-        weights = corpus_weights(items).repeat(len(data) // len(items))
+        weights = corpus_weights(items, cfg.first_corpus_share).repeat(len(data) // len(items))
         return torch.multinomial(weights, n, replacement=True, generator=gen)
     order = torch.randperm(len(data), generator=gen)
     return order.repeat(n // len(data) + 1)[:n]

@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 PRESETS = ("tiny", "small")
-_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
+
+
+_FORMAT = HelpFormatter
 COMMANDS = ("embed", "export", "train", "pretrain", "evaluate", "doctor")
 
 PRETRAIN_HELP = {

@@ -7,9 +7,9 @@ For each dev set (speechocean762; the word corpora): every speaker enrolled from
 clips; top-1 over all probes must equal the protocol's (``asit_embed.training.metrics.evaluate_embeddings``);
 verification at ``verify_threshold``: the share of impostor trials accepted (target: ``far`` = 1 %) and of
 target trials rejected. Then open-set identification through real registries: in each of ``--splits``
-random halvings of the speakers, N of one half are enrolled (N = 5 and 10, where the half allows) and the
-rest of that half call in as strangers; FPIR (strangers accepted as anyone; target 1 %) and TPIR (enrolled
-callers named right and accepted), with the shipped calibration as it is (``adapt=False``), adapted to the
+random halvings of the speakers, N of one half are enrolled (N = 5, 10 and 20, where the half leaves at
+least 2 strangers) and the rest of that half call in as strangers; FPIR (strangers accepted as anyone;
+target 1 %) and TPIR (enrolled callers named right and accepted), with the shipped calibration as it is (``adapt=False``), adapted to the
 enrolled voices (the default) and after ``calibrate()`` on the other half's labelled clips. Writes
 ``results/registry_dev.json``.
 """
@@ -97,7 +97,7 @@ def main() -> int:
         ver["top1_matches_protocol"] = ver["top1"] == round(reference.top1, 4)
         ok &= ver["top1_matches_protocol"]
         report[name] = {"verification": ver, "open_set": open_set(encoder, emb, speakers, enroll, probe,
-                                                                  sizes=(5, 10), splits=args.splits)}
+                                                                  sizes=(5, 10, 20), splits=args.splits)}
         print(f"{name}: top-1 {ver['top1']:.2%} (protocol {reference.top1:.2%}); verify threshold "
               f"{ver['verify_threshold']:.3f}: FAR {ver['false_accept_rate']:.2%} (target 1 %), "
               f"FRR {ver['false_reject_rate']:.2%}")

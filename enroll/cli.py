@@ -267,7 +267,7 @@ def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from asit_embed.cli import HelpFormatter as fmt
     p = argparse.ArgumentParser(prog="asit-enroll", description=__doc__, epilog=EPILOG, formatter_class=fmt,
                                 parents=[_global_options(defaults=True)])
     sub = p.add_subparsers(dest="command", required=True)

@@ -60,8 +60,8 @@ class SpeakerRegistry:
             changes raise :class:`~enroll.errors.ReadOnlyRegistryError`; the index is kept in memory.
         vad: keep only the speech of every clip (Silero VAD; ``pip install 'asit-embed[vad]'``); a clip
             without speech is an :class:`~asit_embed.AudioError`. Default: the encoder's setting.
-        adapt: move the shipped calibration to the enrolled voices (by how much strangers' scores among
-            them differ from the calibration data's; :meth:`Calibration.adapted
+        adapt: map the shipped calibration to the enrolled voices (by how impostor scores among them differ
+            from the calibration data's; :meth:`Calibration.adapted
             <asit_embed.calibration.Calibration.adapted>`) once 5 speakers are enrolled. A registry's own
             :meth:`calibrate` is used as it is.
 
@@ -254,16 +254,17 @@ class SpeakerRegistry:
             self._own = (raw, None if raw is None else Calibration.from_dict(json.loads(raw)))
         if self._own[1] is not None:
             return self._own[1]
-        if self._shipped is None or not self.adapt or self._shipped.cross_mean is None:
+        if self._shipped is None or not self.adapt or (self._shipped.cross_mean is None
+                                                         and self._shipped.reference is None):
             return self._shipped
         version = self._store.version()
         if self._adapted[0] != version:
             with self._store.snapshot():
                 version = self._store.version()
                 names, x = self._store.clip_sample(ADAPT_SAMPLE_SPEAKERS)
-            n = len(set(names))
-            mean = cross_speaker_mean(x.reshape(len(names), self.dim), names) if n > 1 else float("nan")
-            self._adapted = (version, self._shipped.adapted(mean, n))
+            n, x = len(set(names)), x.reshape(len(names), self.dim)
+            mean = cross_speaker_mean(x, names) if n > 1 else float("nan")
+            self._adapted = (version, self._shipped.adapted(mean, n, impostor_scores(x, names)[0]))
         return self._adapted[1]
 
     @property

@@ -98,13 +98,32 @@ def test_cross_speaker_mean_is_the_mean_over_pairs_of_different_speakers():
 def test_adapting_moves_every_threshold_by_the_shift_of_the_voices():
     cal = Calibration.fit(*gaussian_trials(), source="dev", cross_mean=0.1)
     moved = cal.adapted(0.3, 12)
-    assert moved.shift == pytest.approx(0.2) and "adapted to 12 enrolled speakers" in moved.source
+    assert moved.shift == pytest.approx(0.2) and moved.scale == 1 and "adapted to 12 enrolled speakers" in moved.source
     assert moved.identify_threshold(12, 0.01) == pytest.approx(cal.identify_threshold(12, 0.01) + 0.2, abs=1e-5)
     assert moved.verify_threshold(0.01) == pytest.approx(cal.verify_threshold(0.01) + 0.2, abs=1e-5)
     assert cal.adapted(0.3, 4) is cal                   # too few speakers to measure their voices by
     assert cal.adapted(float("nan"), 12) is cal
     plain = Calibration.fit(*gaussian_trials(), source="dev")
-    assert plain.adapted(0.3, 12) is plain              # recorded no mean to compare with
+    assert plain.adapted(0.3, 12) is plain              # recorded nothing to compare with
+    assert Calibration.from_dict(json.loads(json.dumps(moved.to_dict()))) == moved
+
+
+def test_with_enough_trials_adapting_maps_the_median_and_the_tail():
+    """Impostor scores that are ``0.2 + 0.95 * s`` of the calibration data's: the table follows, tail included."""
+    rng = np.random.default_rng(3)
+    reference = rng.normal(0.1, 0.1, 20000)
+    cal = Calibration.fit(*gaussian_trials(), source="dev", cross_mean=0.1, reference=reference)
+    assert len(cal.reference) == 6 and cal.reference[0] == pytest.approx(0.1, abs=0.01)
+    mine = 0.2 + 0.95 * rng.normal(0.1, 0.1, 3000)
+    moved = cal.adapted(0.5, 20, mine)                  # the affine map, not the mean shift (0.4)
+    assert moved.scale == pytest.approx(0.95, abs=0.03) and moved.shift == pytest.approx(0.2, abs=0.02)
+    for n in (20, 200):
+        assert moved.identify_threshold(n, 0.01) == pytest.approx(0.2 + 0.95 * cal.identify_threshold(n, 0.01),
+                                                                  abs=0.02)
+    steep = cal.adapted(0.5, 20, 0.2 + 2 * rng.normal(0.1, 0.1, 3000))
+    assert steep.scale == 1.1                           # kept within 0.9-1.1
+    few = cal.adapted(0.5, 20, mine[:100])              # under 150 trials: the mean shift
+    assert few.scale == 1 and few.shift == pytest.approx(0.4)
     assert Calibration.from_dict(json.loads(json.dumps(moved.to_dict()))) == moved
 
 
@@ -158,24 +177,31 @@ def test_the_shipped_calibration_gives_both_operating_points(encoder):
 
 def test_the_registry_adapts_the_shipped_calibration_to_its_voices(encoder, tmp_path):
     shipped = SpeakerRegistry(encoder=encoder, adapt=False).calibration
-    assert shipped.cross_mean is not None, "the bundled calibration records its voices' cross-speaker mean"
+    assert shipped.cross_mean is not None and shipped.reference is not None, \
+        "the bundled calibration records what a registry adapts it by"
     x, names = voices(8, 3, encoder.dim, common=0.6)
     who = np.array(names)
     with SpeakerRegistry(tmp_path / "r", encoder=encoder) as reg:
         for s in sorted(set(names))[:4]:
-            reg.enroll_embeddings(s, x[who == s])
+            reg.enroll_embeddings(s, x[who == s][:2])
         assert reg.calibration == shipped        # 4 speakers: too few to measure their voices by
-        for s in sorted(set(names))[4:]:
-            reg.enroll_embeddings(s, x[who == s])
-        shift = cross_speaker_mean(x, names) - shipped.cross_mean
+        reg.enroll_embeddings("s04", x[who == "s04"][:2])
+        two = np.isin(who, sorted(set(names))[:5]) & (np.arange(len(who)) % 3 < 2)
+        shift = cross_speaker_mean(x[two], who[two]) - shipped.cross_mean   # 40 impostor trials: the mean shift
         assert abs(shift) > 0.05
-        assert reg.identify_threshold() == pytest.approx(shipped.identify_threshold(8, 0.01) + shift, abs=1e-4)
+        assert reg.identify_threshold() == pytest.approx(shipped.identify_threshold(5, 0.01) + shift, abs=1e-4)
         assert reg.verify_threshold == pytest.approx(shipped.verify_threshold(0.01) + shift, abs=1e-4)
         points = reg.operating_points()["calibration"]
         assert points["kind"] == "shipped" and points["shift"] == pytest.approx(shift, abs=1e-4)
+        for s in sorted(set(names)):             # 8 speakers of 3 clips: 168 trials, the affine map
+            reg.enroll_embeddings(s, x[who == s], replace=True)
+        expected = shipped.adapted(cross_speaker_mean(x, names), 8, impostor_scores(x, names)[0])
+        assert expected.scale != 1
+        assert reg.identify_threshold() == pytest.approx(expected.identify_threshold(8, 0.01), abs=1e-4)
         reg.remove("s07")                        # follows the enrolled speakers
-        assert reg.calibration.shift == pytest.approx(cross_speaker_mean(x[who != "s07"], who[who != "s07"])
-                                                      - shipped.cross_mean, abs=1e-4)
+        assert reg.calibration.shift == pytest.approx(shipped.adapted(
+            cross_speaker_mean(x[who != "s07"], who[who != "s07"]), 7,
+            impostor_scores(x[who != "s07"], who[who != "s07"])[0]).shift, abs=1e-4)
     with SpeakerRegistry(tmp_path / "r", encoder=encoder, adapt=False) as reg:
         assert reg.calibration is not None and reg.calibration.shift == 0
     with SpeakerRegistry(tmp_path / "r", encoder=encoder) as reg:

@@ -28,7 +28,7 @@ import torch
 from asit_embed import load_encoder
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.training.data import load_sources
-from asit_embed.training.metrics import (PROTOCOLS, dev_cross_mean, eer, enrollment_split, evaluate_embeddings,
+from asit_embed.training.metrics import (PROTOCOLS, dev_voices, eer, enrollment_split, evaluate_embeddings,
                                          pooled_calibration, protocol_trials)
 from enroll.scoring import ASNorm
 
@@ -80,8 +80,8 @@ def main() -> int:
     for scoring, normalize in (("cosine", None), ("as-norm", as_norm)):
         trials = [(name, *protocol_trials(*sets[name], normalize=normalize)[1:]) for name in args.calibrate_on]
         # cosine only: an AS-norm score is already relative to the cohort, and is not adapted
-        cross_mean = None if normalize else dev_cross_mean([sets[name] for name in args.calibrate_on])
-        calibrations[scoring] = pooled_calibration(trials, source=source, scoring=scoring, cross_mean=cross_mean)
+        voices = None if normalize else dev_voices([sets[name] for name in args.calibrate_on])
+        calibrations[scoring] = pooled_calibration(trials, source=source, scoring=scoring, voices=voices)
     so762 = results["speechocean762"]
     threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=as_norm)[:2])[1]
 
@@ -104,7 +104,7 @@ def main() -> int:
               "identify_threshold_at_fpir_1pct": {scoring: {n: round(c.identify_threshold(n, 0.01), 4) for n in FPIR_SIZES}
                                                   for scoring, c in calibrations.items()},
               "verify_threshold_at_far_1pct": {scoring: round(c.verify_threshold(0.01), 4) for scoring, c in calibrations.items()},
-              "calibration_sources": {scoring: {**c.describe(), "cross_mean": c.cross_mean}
+              "calibration_sources": {scoring: {**c.describe(), "cross_mean": c.cross_mean, "reference": c.reference}
                                       for scoring, c in calibrations.items()},
               "dev_fp32": {n: r.summary() for n, r in results.items()}, "dev_fp16_speechocean762": res16.summary(),
               "cohort_speakers": len(cohort), "seconds": round(time.monotonic() - t0, 1)}

@@ -183,36 +183,42 @@ def _score(queries: np.ndarray, templates: np.ndarray, normalize: Callable | Non
 
 
 def pooled_calibration(trials: Sequence[tuple[str, np.ndarray, np.ndarray]], *, source: str,
-                       scoring: str = "cosine", cross_mean: float | None = None):
+                       scoring: str = "cosine", voices: dict | None = None):
     """A :class:`~asit_embed.calibration.Calibration` from the impostor trials of several dev sets,
     ``[(set name, scores, speaker of each trial's probe)]`` as :func:`protocol_trials` gives them: each set
-    weighted equally, its speakers kept apart from other sets' by the set's name. ``cross_mean``: see
-    :func:`dev_cross_mean`."""
+    weighted equally, its speakers kept apart from other sets' by the set's name. ``voices``: what
+    :func:`dev_voices` measures, for adapting it to a registry's voices."""
     from asit_embed.calibration import Calibration
 
     return Calibration.fit(np.concatenate([scores for _, scores, _ in trials]),
                            np.concatenate([[f"{name}/{w}" for w in who] for name, _, who in trials]),
                            groups=np.concatenate([[name] * len(scores) for name, scores, _ in trials]),
-                           source=source, scoring=scoring, cross_mean=cross_mean)
+                           source=source, scoring=scoring, **(voices or {}))
 
 
-def dev_cross_mean(sets: Sequence[tuple], names: Sequence[Sequence[str] | None] | None = None) -> float:
-    """The :func:`~asit_embed.calibration.cross_speaker_mean` of dev sets ``[(x, speakers, enroll, probe)]``
-    (each set's clips of ``names[i]``, default all its enrolled speakers), the sets weighted equally: what a
-    calibration records so that a registry can adapt it to its own voices."""
-    from asit_embed.calibration import cross_speaker_mean
+def dev_voices(sets: Sequence[tuple], names: Sequence[Sequence[str] | None] | None = None) -> dict:
+    """What a calibration records so that a registry can adapt it to its own voices
+    (:meth:`~asit_embed.calibration.Calibration.adapted`), from dev sets ``[(x, speakers, enroll, probe)]``
+    (each set's speakers ``names[i]``, default all it enrolls): ``cross_mean``, the
+    :func:`~asit_embed.calibration.cross_speaker_mean` of all their clips (sets weighted equally), and
+    ``reference``, the :func:`~asit_embed.calibration.impostor_scores` of their enrollment clips, as a
+    registry enrolled from them would score them."""
+    from asit_embed.calibration import cross_speaker_mean, impostor_scores
 
-    means = []
+    means, impostors = [], []
     for i, (x, speakers, enroll, probe) in enumerate(sets):
         keep = set(speakers[j] for j in enroll) if names is None or names[i] is None else set(names[i])
         clips = [j for j in (*enroll, *probe) if speakers[j] in keep]
         means.append(cross_speaker_mean(x[clips], [speakers[j] for j in clips]))
-    return float(np.mean(means))
+        enrolled = [j for j in enroll if speakers[j] in keep]
+        impostors.append(impostor_scores(x[enrolled], [speakers[j] for j in enrolled])[0])
+    return {"cross_mean": float(np.mean(means)), "reference": np.concatenate(impostors)}
 
 
 def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10, 25, 100), fpir: float = 0.01,
                         splits: int = 50, draws: int = 10, seed: int = 0, shipped=None,
-                        calibrate_on: Sequence[str] | None = None, normalize: Callable | None = None) -> dict:
+                        calibrate_on: Sequence[str] | None = None, normalize: Callable | None = None,
+                        halve: bool = True) -> dict:
     """Open-set identification at the *calibrated* operating point, by enrolled-set size, cross-validated.
 
     ``sets``: ``{name: (x, speakers, enroll, probe)}`` (unit embeddings and :func:`enrollment_split` indices).
@@ -233,6 +239,8 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
     enrolled speakers' probes answered with the right name and accepted. Returns ``{set: {N: {...}}}`` with
     means over splits and draws, and ``det`` (FNIR/FPIR pairs at the largest N) for a DET plot.
     ``normalize(scores, queries, templates)`` scores with another scoring than cosine (e.g. AS-norm).
+    ``halve=False`` (with a ``shipped`` calibration, for sets it was not fitted on): no halving, N of *all*
+    the set's speakers enrolled and all the others calling in; no ``own`` rows.
     """
     from asit_embed.calibration import Calibration, CalibrationError, cross_speaker_mean, impostor_scores
 
@@ -250,19 +258,19 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
         for name, (x, speakers, enroll, probe) in sets.items():
             names = sorted({speakers[i] for i in enroll})
             perm = rng.permutation(names).tolist()
-            a, b = sorted(perm[: len(names) // 2]), perm[len(names) // 2:]
+            a, b = (sorted(perm[: len(names) // 2]), perm[len(names) // 2:]) if halve else ([], perm)
             halves[name] = (a, b)
-            if calibrate_on is None or name in calibrate_on:
+            if shipped is None and (calibrate_on is None or name in calibrate_on):
                 trials.append((name, *protocol_trials(x, speakers, enroll, probe, a, normalize=normalize)[1:]))
         on = [n for n in sets if calibrate_on is None or n in calibrate_on]
         cv_shipped = shipped or fit_or_none(
-            pooled_calibration, trials, source="dev halves", cross_mean=None if normalize else dev_cross_mean(
+            pooled_calibration, trials, source="dev halves", voices=None if normalize else dev_voices(
                 [sets[n] for n in on], [halves[n][0] for n in on]))
         for name, (x, speakers, enroll, probe) in sets.items():
             a, b = halves[name]
             own_clips = [i for i in enroll if speakers[i] in set(a)]
             own = fit_or_none(Calibration.fit, *impostor_scores(x[own_clips], [speakers[i] for i in own_clips],
-                                                                normalize=normalize), source="own half")
+                                                                normalize=normalize), source="own half") if a else None
             for size in sizes:
                 if size > len(b) - 2:
                     continue
@@ -278,8 +286,9 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
                     row = acc.setdefault(name, {}).setdefault(size, {})
                     row.setdefault("draws", []).append(1)
                     known_clips = [i for i in enroll if speakers[i] in set(known)]
+                    who = [speakers[i] for i in known_clips]
                     adapted = None if cv_shipped is None or cv_shipped.cross_mean is None else cv_shipped.adapted(
-                        cross_speaker_mean(x[known_clips], [speakers[i] for i in known_clips]), size)
+                        cross_speaker_mean(x[known_clips], who), size, impostor_scores(x[known_clips], who)[0])
                     for kind, cal in (("shipped", cv_shipped), ("adapted", adapted), ("own", own)):
                         if cal is None:
                             continue

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asit_embed.calibration import Calibration, cross_speaker_mean, impostor_scores
+from asit_embed.calibration import ADAPT_MIN_SPEAKERS, Calibration, cross_speaker_mean, impostor_scores
 from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerError
 from enroll.index import IndexConfig, TemplateIndex
 from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
@@ -263,8 +263,8 @@ class SpeakerRegistry:
                 version = self._store.version()
                 names, x = self._store.clip_sample(ADAPT_SAMPLE_SPEAKERS)
             n, x = len(set(names)), x.reshape(len(names), self.dim)
-            mean = cross_speaker_mean(x, names) if n > 1 else float("nan")
-            self._adapted = (version, self._shipped.adapted(mean, n, impostor_scores(x, names)[0]))
+            self._adapted = (version, self._shipped if n < ADAPT_MIN_SPEAKERS else self._shipped.adapted(
+                cross_speaker_mean(x, names), n, impostor_scores(x, names)[0]))
         return self._adapted[1]
 
     @property

@@ -33,6 +33,13 @@ PRETRAIN_HELP = {
     "view_shift": "max seconds between the starts of a clip's two crops (default: independent crops)",
     "max_minutes": "wall-clock budget, counting earlier runs of a resumed one",
     "progress": "progress bar per epoch",
+    "epoch_clips": "clips per epoch, drawn by corpus share when several datasets are balanced (default: each "
+                   "clip once)",
+    "balance_corpora": "with several datasets, give each corpus a share of the clips proportional to its speakers",
+    "first_corpus_share": "with several balanced datasets, the first one's share of the clips (the others split "
+                          "the rest by speakers)",
+    "init": "continue from this encoder checkpoint (its architecture and feature statistics; the heads start "
+            "afresh)",
 }
 
 TRAIN_HELP = {
@@ -141,8 +148,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in dict(patch_size=args.patch, patch_stride=args.stride or args.patch,
                                        crop_frames=args.crop_frames, depth=args.depth).items() if v is not None}
-    cfg = config_from_args(PretrainConfig, args, data=tuple(args.data), out_dir=args.out,
-                           encoder=getattr(model, f"asit_{args.preset}")(**overrides).to_dict())
+    enc = getattr(model, f"asit_{args.preset}")(**overrides).to_dict() if not args.init else overrides
+    cfg = config_from_args(PretrainConfig, args, data=tuple(args.data), out_dir=args.out, encoder=enc)
     record = pretrain(cfg, resume=args.resume)
     plot_log(Path(args.out) / "log.jsonl", Path(args.out) / "losses.png")
     print(json.dumps(record))

@@ -228,3 +228,41 @@ def test_cli_passes_the_global_target_flags(tmp_path, clips_manifest):
     assert (cfg["w_koleo"], cfg["view_shift"], cfg["teacher_temp"], cfg["teacher_temp_end"]) == (0.3, 0.5, 0.02, 0.02)
     record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert record["koleo"] > 0 and (out / "losses.png").is_file()
+
+
+def test_pretraining_continues_from_an_encoder_on_several_corpora(tmp_path, clip_rows):
+    """``init``: the student and the teacher start as the given encoder (its config and feature statistics);
+    two corpora are drawn by speakers (``epoch_clips``), and clips shorter than a crop join others of their
+    speaker."""
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    start = ASiTEncoder(EncoderConfig.from_dict({**TINY, "feat_mean": 0.5, "feat_std": 2.0}))
+    save_checkpoint(tmp_path / "start.pt", start)
+    manifests = []
+    for corpus, seconds in (("long", None), ("short", 0.6)):   # "short": 0.6 s clips, under the 1 s crop
+        rows = []
+        for r in clip_rows[:12]:
+            wave, rate = sf.read(r["path"], dtype="float32")
+            path = tmp_path / corpus / f"{r['speaker']}_{len(rows)}.wav"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, wave if seconds is None else wave[int(rate): int(rate * (1 + seconds))], rate)
+            rows.append({"path": str(path), "speaker": r["speaker"], "role": "train"})
+        manifests.append(tmp_path / corpus / "manifest.csv")
+        with open(manifests[-1], "w", newline="") as f:
+            csv.DictWriter(f, ["path", "speaker", "role"]).writeheader()
+            csv.DictWriter(f, ["path", "speaker", "role"]).writerows(rows)
+    cfg = PretrainConfig(data=tuple(map(str, manifests)), out_dir=str(tmp_path / "pt"), epochs=1, batch_size=6,
+                         warmup_epochs=0, lr=0.0, min_lr=0.0, global_dim=64, local_dim=32, epoch_clips=12,
+                         first_corpus_share=0.5, init=str(tmp_path / "start.pt"))
+    record = pretrain(cfg)
+    assert math.isfinite(record["total"])
+    saved = json.loads((tmp_path / "pt" / "config.json").read_text())
+    assert saved["encoder"]["feat_mean"] == 0.5 and saved["encoder"]["feat_std"] == 2.0  # the encoder's own
+    assert saved["pretrain"]["epoch_clips"] == 12
+    out = load_checkpoint(tmp_path / "pt" / "encoder.pt")
+    for k, v in start.state_dict().items():  # lr 0: the encoder is where it started (EMA rounding aside)
+        if "num_batches_tracked" not in k and "running_" not in k:
+            assert torch.allclose(out.state_dict[k], v, atol=1e-6), k

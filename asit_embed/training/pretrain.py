@@ -33,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asit_embed.checkpoint import save_checkpoint
-from asit_embed.training.data import load_sources, load_waveforms
+from asit_embed.checkpoint import load_checkpoint, save_checkpoint
+from asit_embed.training.data import CropDataset, SpeakerLabels, load_sources
 from asit_embed.features import features, samples_for_frames
 from asit_embed.model import ASiTEncoder, EncoderConfig
 from asit_embed.training.ssl_objectives import (crop_pair, distill_loss, gmml_corrupt, gmml_mask, koleo_loss,
                                        mean_pairwise_cosine, reconstruction_loss, target_entropy,
                                        teacher_log_probs)
-from asit_embed.training.train import feature_stats
+from asit_embed.training.train import epoch_order, feature_stats, load_init
 from asit_embed.training.runs import Budget, LoopConfig, RunFolder, cosine, lr_at, read_log, seed_all
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ class PretrainConfig(LoopConfig):
     w_global: float = 1.0
     w_local: float = 1.0
     w_recon: float = 2.0
+    # data: a clip shorter than two crops is joined with other clips of its speaker (labels used only for
+    # that); several corpora are sampled by speakers as in fine-tuning (epoch_clips crops per epoch)
+    epoch_clips: int | None = None
+    balance_corpora: bool = True
+    first_corpus_share: float | None = None
+    init: str | None = None          # encoder checkpoint to continue from (its config and feature statistics)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, list):
@@ -170,14 +176,21 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
     run = RunFolder(cfg.out_dir, STATE_FORMAT)
     items = load_sources(cfg.data, role=cfg.role, workdir=run.path)
     state = run.load_state() if resume else None
+    init = None
     if state is not None:
         enc_cfg = EncoderConfig.from_dict(state["encoder_config"])
+    elif cfg.init:
+        init = load_checkpoint(cfg.init)
+        enc_cfg = init.config.replace(**cfg.encoder)
     else:
         enc_cfg = EncoderConfig.from_dict(cfg.encoder)
         mean, std = feature_stats(items, enc_cfg)
         enc_cfg = enc_cfg.replace(feat_mean=mean, feat_std=std)
     seed_all(cfg.seed)
     student, teacher = build_student_teacher(enc_cfg, cfg)
+    if init is not None:  # the teacher starts as the student does: the initial encoder, fresh heads
+        load_init(student.encoder, init.state_dict, cfg.init)
+        teacher.load_state_dict(student.state_dict())
     centers = {"global": torch.zeros(cfg.global_dim), "local": torch.zeros(cfg.local_dim)}
     decay = [p for n, p in student.named_parameters() if p.ndim > 1 and not n.endswith(("cls_token", "pos_embed"))]
     no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and not n.endswith(("cls_token", "pos_embed")))]
@@ -193,17 +206,19 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
     run.write_config({"pretrain": cfg.to_dict(), "encoder": enc_cfg.to_dict()})
 
     crop = samples_for_frames(enc_cfg.crop_frames, enc_cfg.front_end)
-    waves = [torch.from_numpy(w) for w in load_waveforms(items, enc_cfg.sample_rate)]
-    steps = len(waves) // cfg.batch_size
+    data = CropDataset(items, SpeakerLabels([it.speaker for it in items]), crop_samples=crop,
+                       sample_rate=enc_cfg.sample_rate)
+    steps = (cfg.epoch_clips or len(data)) // cfg.batch_size
     if steps == 0:
-        raise ValueError(f"{len(waves)} clips do not fill one batch of {cfg.batch_size}")
+        raise ValueError(f"{cfg.epoch_clips or len(data)} clips do not fill one batch of {cfg.batch_size}")
     total = cfg.epochs * steps
 
     max_shift = None if cfg.view_shift is None else round(cfg.view_shift * enc_cfg.sample_rate)
 
     def views(idx: list[int]) -> torch.Tensor:
-        """Two crops of each clip, all first views then all second views: ``(2B, n_mels, frames)``."""
-        pairs = [crop_pair(waves[i], crop, max_shift) for i in idx]
+        """Two crops of each clip (a short one joined with others of its speaker first), all first views then
+        all second views: ``(2B, n_mels, frames)``."""
+        pairs = [crop_pair(data.speaker_run(i, 2 * crop), crop, max_shift) for i in idx]
         return torch.stack([features(w, enc_cfg.front_end).T for view in zip(*pairs) for w in view])
 
     record = {}
@@ -212,7 +227,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
         seed_all(cfg.seed * 100003 + epoch)
-        perm = torch.randperm(len(waves)).tolist()
+        perm = epoch_order(data, items, cfg, epoch).tolist()
         t_t = cfg.teacher_temp_end if epoch >= cfg.teacher_temp_epochs else (
             cfg.teacher_temp + (cfg.teacher_temp_end - cfg.teacher_temp) * epoch / max(1, cfg.teacher_temp_epochs))
         sums = {"global": 0.0, "local": 0.0, "recon": 0.0, "koleo": 0.0, "total": 0.0}

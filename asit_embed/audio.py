@@ -186,21 +186,42 @@ def resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
     is resampled with :data:`RESAMPLE_CONTEXT` samples of its neighbours and trimmed, blocks start on the
     rates' common period, so the result equals resampling in one piece (to float rounding) while memory
     stays bounded by the block."""
-    g = math.gcd(orig, new)
-    period_in, period_out = orig // g, new // g
     if len(x) <= 2 * RESAMPLE_BLOCK:
         return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig, new).numpy()
-    step = max(1, RESAMPLE_BLOCK // period_in) * period_in
-    context = max(1, RESAMPLE_CONTEXT // period_in + 1) * period_in
-    total = math.ceil(len(x) * period_out / period_in)  # torchaudio's output length
+    step, context = resample_blocks(orig, new)
+    g = math.gcd(orig, new)
+    total = math.ceil(len(x) * (new // g) / (orig // g))  # torchaudio's output length
     out = np.empty(total, dtype=np.float32)
     for start in range(0, len(x), step):
-        lo, hi = max(0, start - context), min(len(x), start + step + context)
-        y = AF.resample(torch.from_numpy(np.ascontiguousarray(x[lo:hi])), orig, new).numpy()
-        first = (start - lo) // period_in * period_out
-        a, b = start // period_in * period_out, min(total, math.ceil(min(len(x), start + step) * period_out / period_in))
-        out[a:b] = y[first:first + (b - a)]
+        stop = min(len(x), start + step)
+        lo = max(0, start - context)
+        y = resample_block(x[lo:min(len(x), stop + context)], lo, start, stop, orig, new, total)
+        a = start // (orig // g) * (new // g)
+        out[a:a + len(y)] = y
     return out
+
+
+def resample_blocks(orig: int, new: int) -> tuple[int, int]:
+    """``(step, context)`` in input samples for :func:`resample_block`: blocks of about
+    :data:`RESAMPLE_BLOCK` samples starting on the rates' common period, with at least
+    :data:`RESAMPLE_CONTEXT` samples of context, also a whole number of periods."""
+    period = orig // math.gcd(orig, new)
+    return max(1, RESAMPLE_BLOCK // period) * period, max(1, RESAMPLE_CONTEXT // period + 1) * period
+
+
+def resample_block(window: np.ndarray, lo: int, start: int, stop: int, orig: int, new: int,
+                   total: int | None = None) -> np.ndarray:
+    """Input samples ``[start, stop)`` (``start`` on the rates' common period) resampled from ``window``, the
+    input from sample ``lo`` on with context each side: the part of the one-piece result they make, cut
+    at ``total`` output samples when given (the signal's end)."""
+    g = math.gcd(orig, new)
+    period_in, period_out = orig // g, new // g
+    y = AF.resample(torch.from_numpy(np.ascontiguousarray(window)), orig, new).numpy()
+    first = (start - lo) // period_in * period_out
+    a, b = start // period_in * period_out, math.ceil(stop * period_out / period_in)
+    if total is not None:
+        b = min(total, b)
+    return y[first:first + (b - a)]
 
 
 def _open(source: AudioSource) -> tuple[str, Union[str, BinaryIO]]:

@@ -29,8 +29,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from asit_embed.audio import (MAX_FILE_RATE, MIN_FILE_RATE, READ_BLOCK, RESAMPLE_BLOCK, RESAMPLE_CONTEXT,
-                              SILENCE_PEAK, AF, AudioError, _open, downmix)
+from asit_embed.audio import (MAX_FILE_RATE, MIN_FILE_RATE, READ_BLOCK, SILENCE_PEAK, AudioError, _open, downmix,
+                              resample_block, resample_blocks)
 from asit_embed.config import FrontEndConfig
 from asit_embed.features import FBANK_BLOCK_FRAMES, _kaldi_fbank, normalize, num_frames, samples_for_frames
 
@@ -119,10 +119,7 @@ class FileStream:
                 yield out
                 continue
             if step is None:
-                g = math.gcd(rate, self.sample_rate)
-                period_in, period_out = rate // g, self.sample_rate // g
-                step = max(1, RESAMPLE_BLOCK // period_in) * period_in
-                context = max(1, RESAMPLE_CONTEXT // period_in + 1) * period_in
+                step, context = resample_blocks(rate, self.sample_rate)
             while offset + pending.size >= start + step + context:  # a block with its full right context
                 out = self._resample(pending, offset, start, start + step, context, rate, None)
                 out_samples += out.size
@@ -144,18 +141,9 @@ class FileStream:
         self.peak, self.file_samples, self.samples, self.sha256 = peak, file_samples, out_samples, digest.hexdigest()
 
     def _resample(self, pending, offset, start, stop, context, rate, total) -> np.ndarray:
-        """Input ``[start, stop)`` at ``sample_rate``, resampled with ``context`` input samples each side."""
-        g = math.gcd(rate, self.sample_rate)
-        period_in, period_out = rate // g, self.sample_rate // g
+        """Input ``[start, stop)`` at ``sample_rate``, from ``pending`` (the input from sample ``offset`` on)."""
         lo, hi = max(0, start - context), min(offset + pending.size, stop + context)
-        y = AF.resample(torch.from_numpy(np.ascontiguousarray(pending[lo - offset: hi - offset])), rate,
-                        self.sample_rate).numpy()
-        first = (start - lo) // period_in * period_out
-        a = start // period_in * period_out
-        b = math.ceil(stop * period_out / period_in)
-        if total is not None:
-            b = min(total, b)
-        return y[first: first + (b - a)]
+        return resample_block(pending[lo - offset: hi - offset], lo, start, stop, rate, self.sample_rate, total)
 
     def check(self, min_seconds: float) -> None:
         """After a complete pass: raise :class:`~asit_embed.AudioError` for silence or too short a file."""

@@ -22,6 +22,13 @@ def require(*paths: Path) -> Path:
     return Path(paths[0])
 
 
+def add_dev_set_options(parser) -> None:
+    """``--manifest`` and ``--words``: where the two dev sets of :func:`dev_sets` are read from."""
+    parser.add_argument("--manifest", type=Path, default=SHARED_MANIFEST, help="speechocean762 manifest")
+    parser.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS),
+                        help="the word corpora's manifests")
+
+
 def dev_sets(manifest: Path, words: Sequence[Path]) -> dict:
     """The two dev sets and their protocols: ``{name: (items, protocol name)}``."""
     from asit_embed.training.data import load_sources

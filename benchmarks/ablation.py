@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, WORD_MANIFESTS, dev_sets, print_tables, require, score  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
 from asit_embed.training.runs import read_log  # noqa: E402
@@ -42,8 +42,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--row", action="append", required=True, metavar="LABEL=PATH",
                    help="a checkpoint or a training run folder, with the row's label")
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST, help="speechocean762 manifest")
-    p.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS), help="the word corpora's manifests")
+    add_dev_set_options(p)
     p.add_argument("--result", type=Path, default=RESULTS / "ablation.json")
     args = p.parse_args()
     require(args.manifest, *args.words)

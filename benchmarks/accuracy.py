@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, WORD_MANIFESTS, dev_sets, print_tables, require, score  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score  # noqa: E402
 from peers import ECAPA_NAME, MFCC_NAME, RESEMBLYZER_NAME, ecapa_network, load_ecapa, mfcc_stats, resemblyzer  # noqa: E402
 
 from asit_embed import load_audio, load_encoder  # noqa: E402
@@ -81,8 +81,7 @@ def ours(path: Path | None, name: str, minutes) -> tuple[dict, object]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST, help="speechocean762 manifest")
-    p.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS), help="the word corpora's manifests")
+    add_dev_set_options(p)
     p.add_argument("--checkpoint", type=Path, help="our encoder to score (default: the shipped one)")
     p.add_argument("--previous", type=Path, help="an earlier default checkpoint to score beside it")
     p.add_argument("--train-data", type=Path, nargs="+", help="ECAPA's training manifests (default: all three)")

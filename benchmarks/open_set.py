@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, WORD_MANIFESTS, dev_sets, require  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, require  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
 from asit_embed.calibration import Calibration  # noqa: E402
@@ -39,8 +39,7 @@ from enroll.scoring import ASNorm  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="default: the bundled model")
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
-    p.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS))
+    add_dev_set_options(p)
     p.add_argument("--splits", type=int, default=50)
     p.add_argument("--fpir", type=float, default=0.01)
     p.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20, 25, 100], help="enrolled-set sizes")

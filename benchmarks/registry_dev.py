@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, WORD_MANIFESTS, dev_sets, require  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, require  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
 from asit_embed.training.metrics import PROTOCOLS, enrollment_split, evaluate_embeddings  # noqa: E402
@@ -79,8 +79,7 @@ def open_set(encoder, emb, speakers, enroll, probe, *, sizes, splits, seed=0) ->
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="default: the bundled model")
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
-    p.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS))
+    add_dev_set_options(p)
     p.add_argument("--splits", type=int, default=20)
     p.add_argument("--out", type=Path, default=RESULTS / "registry_dev.json")
     args = p.parse_args()

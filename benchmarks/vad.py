@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, WORD_MANIFESTS, dev_sets, print_tables, require  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require  # noqa: E402
 
 from asit_embed import AudioError, load_encoder  # noqa: E402
 from asit_embed.training.metrics import PROTOCOLS, evaluate_embeddings  # noqa: E402
@@ -26,8 +26,7 @@ from asit_embed.training.metrics import PROTOCOLS, evaluate_embeddings  # noqa: 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="default: the bundled model")
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
-    p.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS))
+    add_dev_set_options(p)
     p.add_argument("--out", type=Path, default=RESULTS / "vad.json")
     args = p.parse_args()
     require(args.manifest, *args.words)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED_MANIFEST, WORD_MANIFESTS, dev_sets, print_tables, require, score  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score  # noqa: E402
 
 from asit_embed import SpeakerEncoder, load_audio  # noqa: E402
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
@@ -33,8 +33,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=default_checkpoint_path())
     p.add_argument("--settings", type=setting, nargs="+", default=[(200, 100), (200, 200), (300, 300)])
-    p.add_argument("--manifest", type=Path, default=SHARED_MANIFEST)
-    p.add_argument("--words", type=Path, nargs="+", default=list(WORD_MANIFESTS))
+    add_dev_set_options(p)
     p.add_argument("--long-clips", type=int, default=24, help="10 s clips to time")
     p.add_argument("--result", type=Path, default=RESULTS / "windowing.json")
     args = p.parse_args()

@@ -9,7 +9,6 @@ proposes candidates; their scores are always computed exactly from the templates
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import warnings
@@ -19,19 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asit_embed.calibration import ADAPT_MIN_SPEAKERS, Calibration, cross_speaker_mean, impostor_scores
+from asit_embed.calibration import Calibration, impostor_scores
 from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerError
 from enroll.index import IndexConfig, TemplateIndex
+from enroll.operating import DEFAULT_FAR, DEFAULT_FPIR, OperatingPoints
 from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
 from enroll.scoring import ASNorm
 from enroll.store import ClipRecord, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5  # used only when the encoder's checkpoint carries no calibration at all
-ADAPT_SAMPLE_SPEAKERS = 200  # speakers whose clips measure a registry's voices for the shipped calibration
-DEFAULT_FAR = 0.01       # verification: share of impostor trials accepted
-DEFAULT_FPIR = 0.01      # identification: share of unknown callers accepted as someone enrolled
 AS_NORM_POOL = 50   # candidates re-scored with AS-norm, which can reorder them
 QUERY_BLOCK = 1024  # queries ranked at a time, bounding the candidate templates held in memory
 
@@ -106,16 +102,9 @@ class SpeakerRegistry:
             if cohort is None:
                 raise RegistryError("as_norm=True needs a cohort: pass cohort= or use a checkpoint that ships one")
             self.as_norm = ASNorm(np.asarray(cohort, dtype=np.float32))
-        for what, rate in (("far", far), ("fpir", fpir)):
-            if not 0 < rate < 1:
-                raise ValueError(f"{what} must be a rate in (0, 1), got {rate!r}")
-        self.far, self.fpir = float(far), float(fpir)
-        self.fixed_threshold = None if threshold is None else float(threshold)
         self.scoring = "as-norm" if as_norm else "cosine"
-        self._shipped = _shipped_calibration(meta, self.scoring)
-        self._own: tuple[str | None, Calibration | None] = (None, None)  # (stored JSON, parsed)
-        self.adapt = bool(adapt)
-        self._adapted: tuple[int, Calibration | None] = (-1, None)  # (store version, shipped adapted to it)
+        self._points = OperatingPoints(self._store, self.dim, meta, scoring=self.scoring, far=far, fpir=fpir,
+                                       threshold=threshold, adapt=adapt)
         self._index = TemplateIndex(self.dim, IndexConfig(kind=index) if isinstance(index, str) else index)
         self._unsaved = 0   # speaker changes in the in-memory index but not in the index file
         path = self._index_file()
@@ -243,66 +232,41 @@ class SpeakerRegistry:
 
     # --- operating points ----------------------------------------------------------------------------------
     @property
+    def far(self) -> float:
+        """Verification's target: the share of impostor trials :meth:`verify` accepts."""
+        return self._points.far
+
+    @property
+    def fpir(self) -> float:
+        """Identification's target: the share of unknown callers :meth:`identify` accepts."""
+        return self._points.fpir
+
+    @property
     def calibration(self) -> Calibration | None:
         """The calibration in use: the registry's own (:meth:`calibrate`), else the one shipped with the
         encoder's checkpoint, adapted to the enrolled voices (``adapt``); None with a fixed ``threshold`` or an
         encoder that carries none."""
-        if self.fixed_threshold is not None:
-            return None
-        raw = self._store.get_meta(_calibration_key(self.scoring))  # read each time: another process may calibrate
-        if raw != self._own[0]:
-            self._own = (raw, None if raw is None else Calibration.from_dict(json.loads(raw)))
-        if self._own[1] is not None:
-            return self._own[1]
-        if self._shipped is None or not self.adapt or (self._shipped.cross_mean is None
-                                                         and self._shipped.reference is None):
-            return self._shipped
-        version = self._store.version()
-        if self._adapted[0] != version:
-            with self._store.snapshot():
-                version = self._store.version()
-                names, x = self._store.clip_sample(ADAPT_SAMPLE_SPEAKERS)
-            n, x = len(set(names)), x.reshape(len(names), self.dim)
-            self._adapted = (version, self._shipped if n < ADAPT_MIN_SPEAKERS else self._shipped.adapted(
-                cross_speaker_mean(x, names), n, impostor_scores(x, names)[0]))
-        return self._adapted[1]
+        return self._points.calibration
 
     @property
     def verify_threshold(self) -> float:
         """The score :meth:`verify` accepts at: the calibration's point of ``far`` false accepts per trial."""
-        cal = self.calibration
-        return self._fallback() if cal is None else cal.verify_threshold(self.far)
+        return self._points.verify_threshold()
 
     def identify_threshold(self, n_speakers: int | None = None) -> float:
         """The score :meth:`identify` accepts at with ``n_speakers`` enrolled (default: as many as now): the
         point where ``fpir`` of unknown callers score that high against at least one of them."""
-        cal = self.calibration
-        if cal is None:
-            return self._fallback()
-        return cal.identify_threshold(len(self) if n_speakers is None else n_speakers, self.fpir)
+        return self._points.identify_threshold(len(self) if n_speakers is None else n_speakers)
 
     @property
     def threshold(self) -> float:
         """The identification threshold at the registry's current size (:meth:`identify_threshold`)."""
         return self.identify_threshold()
 
-    def _fallback(self) -> float:
-        if self.fixed_threshold is not None:
-            return self.fixed_threshold
-        meta = getattr(self.encoder, "metadata", {}) or {}
-        legacy = meta.get("threshold_asnorm" if self.scoring == "as-norm" else "threshold")
-        return DEFAULT_THRESHOLD if legacy is None else float(legacy)
-
     def operating_points(self) -> dict:
         """JSON-ready: both thresholds, their targets, the registry's size and the calibration behind them
         (reported by ``asit-enroll`` and the server)."""
-        cal = self.calibration
-        own = cal is not None and cal is self._own[1]
-        return {"identify_threshold": round(self.identify_threshold(), 4), "fpir": self.fpir,
-                "verify_threshold": round(self.verify_threshold, 4), "far": self.far, "speakers": len(self),
-                "scoring": self.scoring,
-                "calibration": ("fixed threshold" if cal is None and self.fixed_threshold is not None else
-                                None if cal is None else {"kind": "registry" if own else "shipped", **cal.describe()})}
+        return self._points.describe(len(self))
 
     def calibrate(self, speakers: Mapping[str, object] | None = None, *, sample_rate: int | None = None,
                   embeddings: bool = False) -> Calibration:
@@ -329,12 +293,12 @@ class SpeakerRegistry:
             source = "registry: labelled clips"
         cal = Calibration.fit(*impostor_scores(x, names, normalize=self._normalize_scores),
                               source=f"{source} ({len(set(names))} speakers, {len(x)} clips)", scoring=self.scoring)
-        self._store.write_meta(_calibration_key(self.scoring), json.dumps(cal.to_dict()))
+        self._points.keep(cal)
         return cal
 
     def reset_calibration(self) -> None:
         """Forget the registry's own calibration; the shipped one applies again."""
-        self._store.write_meta(_calibration_key(self.scoring), None)
+        self._points.keep(None)
 
     def _normalize_scores(self, scores: np.ndarray, queries: np.ndarray, templates: np.ndarray) -> np.ndarray:
         """``scores (n, m)`` of ``queries`` against ``templates`` in this registry's scoring."""
@@ -622,16 +586,6 @@ class SpeakerRegistry:
         """Deprecated: internal; use :meth:`stats`."""
         _deprecated("index", "stats()")
         return self._index
-
-
-def _calibration_key(scoring: str) -> str:
-    return f"calibration:{scoring}"
-
-
-def _shipped_calibration(meta: dict, scoring: str) -> Calibration | None:
-    """The calibration stored in the checkpoint for ``scoring`` (None when it carries none)."""
-    table = (meta.get("calibrations") or {}).get(scoring)
-    return None if table is None else Calibration.from_dict(table)
 
 
 def _rate(clip, sample_rate: int | None, instead: str) -> int | None:

@@ -236,7 +236,6 @@ def test_pretraining_continues_from_an_encoder_on_several_corpora(tmp_path, clip
     speaker."""
     import csv
 
-    import numpy as np
     import soundfile as sf
 
     start = ASiTEncoder(EncoderConfig.from_dict({**TINY, "feat_mean": 0.5, "feat_std": 2.0}))

@@ -256,8 +256,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from asit_embed.training.train import TrainConfig
 
         add_config_options(t, TrainConfig, TRAIN_HELP, skip=("data", "out_dir", "dev_data", "encoder", "augment"))
-        add_config_options(t, AugmentConfig, {f.name: "augmentation setting (a p-* of 0 switches it off)"
-                                              for f in dataclasses.fields(AugmentConfig)})
+        augment_help = {f.name: "augmentation setting (a p-* of 0 switches it off)"
+                        for f in dataclasses.fields(AugmentConfig)}
+        augment_help.update(p_reverb="share of batches reverberated, each clip in a room of a simulated bank "
+                                     "(needs pip install 'asit-embed[train]')",
+                            rt60_low="shortest reverberation time of the simulated rooms, seconds",
+                            rt60_high="longest reverberation time of the simulated rooms, seconds",
+                            rooms="number of simulated rooms", room_seed="seed of the simulated rooms")
+        add_config_options(t, AugmentConfig, augment_help)
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("pretrain", formatter_class=_FORMAT, help="ASiT self-supervised pretraining (GMML + local-global distillation)")

@@ -162,8 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from asit_embed import load_encoder
     from asit_embed.calibration import Calibration
     from asit_embed.training.data import load_sources
-    from asit_embed.training.metrics import (PROTOCOLS, calibrated_open_set, enrollment_split, evaluate_embeddings,
-                                             plot_evaluation, plot_open_set_det)
+    from asit_embed.training.metrics import PROTOCOLS, enrollment_split, evaluate_embeddings, plot_evaluation
+    from asit_embed.training.open_set import calibrated_open_set, plot_open_set_det
 
     encoder = load_encoder(args.checkpoint, precision=args.precision, device=args.device)
     items = load_sources(args.data, role=args.role)

@@ -2,7 +2,7 @@
 
     python benchmarks/open_set.py [--checkpoint PATH] [--splits 50]
 
-Cross-validated as ``asit_embed.training.metrics.calibrated_open_set`` describes: in each random halving of
+Cross-validated as ``asit_embed.training.open_set.calibrated_open_set`` describes: in each random halving of
 every dev set's speakers, half A calibrates and half B measures. "shipped": one calibration from the A
 halves of the dev sets the checkpoint's calibration came from (``tools/calibrate.py --calibrate-on``; the
 shipped one: speechocean762), as ``tools/calibrate.py`` makes it from all their dev speakers; "adapted": that
@@ -31,8 +31,8 @@ from _common import RESULTS, add_dev_set_options, dev_sets, require  # noqa: E40
 
 from asit_embed import load_encoder  # noqa: E402
 from asit_embed.calibration import Calibration  # noqa: E402
-from asit_embed.training.metrics import (PROTOCOLS, calibrated_open_set, enrollment_split,  # noqa: E402
-                                         plot_open_set_det, protocol_trials)
+from asit_embed.training.metrics import PROTOCOLS, enrollment_split  # noqa: E402
+from asit_embed.training.open_set import calibrated_open_set, plot_open_set_det, protocol_trials  # noqa: E402
 from enroll.scoring import ASNorm  # noqa: E402
 
 

@@ -28,8 +28,8 @@ import torch
 from asit_embed import load_encoder
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
 from asit_embed.training.data import load_sources
-from asit_embed.training.metrics import (PROTOCOLS, dev_voices, eer, enrollment_split, evaluate_embeddings,
-                                         pooled_calibration, protocol_trials)
+from asit_embed.training.metrics import PROTOCOLS, eer, enrollment_split, evaluate_embeddings
+from asit_embed.training.open_set import dev_voices, pooled_calibration, protocol_trials
 from enroll.scoring import ASNorm
 
 ROOT = Path(__file__).resolve().parents[1]

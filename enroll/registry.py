@@ -231,15 +231,15 @@ class SpeakerRegistry:
             self.flush()
 
     # --- operating points ----------------------------------------------------------------------------------
-    @property
-    def far(self) -> float:
-        """Verification's target: the share of impostor trials :meth:`verify` accepts."""
-        return self._points.far
-
-    @property
-    def fpir(self) -> float:
-        """Identification's target: the share of unknown callers :meth:`identify` accepts."""
-        return self._points.fpir
+    # the constructor's settings, still readable and settable as attributes: they live in the operating points
+    far = property(lambda self: self._points.far, lambda self, v: setattr(self._points, "far", v),
+                   doc="Verification's target: the share of impostor trials :meth:`verify` accepts.")
+    fpir = property(lambda self: self._points.fpir, lambda self, v: setattr(self._points, "fpir", v),
+                    doc="Identification's target: the share of unknown callers :meth:`identify` accepts.")
+    fixed_threshold = property(lambda self: self._points.fixed, lambda self, v: setattr(self._points, "fixed", v),
+                               doc="A fixed score both accept at instead of the calibration (None: calibrated).")
+    adapt = property(lambda self: self._points.adapt, lambda self, v: setattr(self._points, "adapt", v),
+                     doc="Whether the shipped calibration is mapped to the enrolled voices.")
 
     @property
     def calibration(self) -> Calibration | None:

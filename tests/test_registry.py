@@ -203,6 +203,18 @@ def test_to_dict_is_the_json_of_the_cli_and_http_api():
     assert json.loads(json.dumps([m.to_dict(), s.to_dict()])) == [m.to_dict(), s.to_dict()]
 
 
+def test_operating_settings_are_attributes_that_take_effect(encoder):
+    reg = SpeakerRegistry(encoder=encoder, far=0.02, threshold=0.4, adapt=False)
+    assert (reg.far, reg.fpir, reg.fixed_threshold, reg.adapt) == (0.02, 0.01, 0.4, False)
+    reg.enroll_embeddings("ada", np.eye(encoder.dim, dtype=np.float32)[0])
+    reg.fixed_threshold = 0.9
+    assert reg.threshold == reg.verify_threshold == 0.9
+    reg.fixed_threshold, reg.far, reg.fpir = None, 0.05, 0.05
+    points = reg.operating_points()
+    assert (points["far"], points["fpir"], points["calibration"]["kind"]) == (0.05, 0.05, "shipped")
+    assert points["verify_threshold"] < 0.9
+
+
 def test_stats_and_templates_read_the_registry(encoder, tmp_path):
     rng = np.random.default_rng(14)
     d = encoder.dim

@@ -32,6 +32,7 @@ def default_checkpoint_path() -> Path:
 
 
 BACKENDS = ("torch", "onnx")
+WINDOW_BATCH = 16  # windows per forward pass, at least: a long clip's windows are a batch even one clip at a time
 PRECISIONS = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
               "bf16": "bfloat16"}  # alias -> name
 
@@ -80,8 +81,8 @@ class Segment:
 class SpeakerEncoder:
     """Turns speech into speaker embeddings with an :class:`~asit_embed.model.ASiTEncoder`.
 
-    Clips longer than ``config.window_frames`` are cut into windows (``hop_frames`` apart, the last one
-    aligned to the end); the unit-norm window embeddings are averaged and renormalised. Windows of many clips
+    Clips longer than ``config.window_frames`` are cut into windows (:meth:`windows`); the unit-norm window
+    embeddings are averaged and renormalised. Windows of many clips
     are batched together, padded and masked.
     """
 
@@ -132,6 +133,8 @@ class SpeakerEncoder:
         return "bfloat16"
 
     def _run(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.backend == "torch" and bool((lengths == spec.shape[-1]).all()):
+            lengths = None  # nothing padded: the same embeddings without the cost of masking
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
             return self._network(spec, lengths)
 
@@ -227,8 +230,9 @@ class SpeakerEncoder:
         """Embeddings of many clips: ``(n, dim)`` float32, each row unit norm, in the order given.
 
         ``clips``: any iterable of what :meth:`embed` takes (``sample_rate`` applies to every array among
-        them). Clips are decoded ``batch_size`` at a time, so memory stays bounded for long lists; the
-        vectors equal those of one clip at a time. ``progress``: a progress bar counting clips.
+        them). Clips are decoded ``batch_size`` at a time, so memory stays bounded for long lists, and their
+        windows go through the network ``max(batch_size, 16)`` at a time; the vectors equal those of one clip
+        at a time. ``progress``: a progress bar counting clips.
         """
         described = self._embed_described(clips, sample_rate=sample_rate, batch_size=batch_size,
                                           progress=progress, vad=vad)
@@ -251,10 +255,11 @@ class SpeakerEncoder:
             for j in range(i, min(i + batch_size, len(clips))):
                 rate = _rate_for(clips[j], sample_rate)
                 if self._streams(clips[j], rate, vad):
-                    out[j] = self._embed_stream(clips[j], batch_size=batch_size)
+                    out[j] = self._embed_stream(clips[j], batch_size=max(batch_size, WINDOW_BATCH))
                 else:
                     waves[j] = self.prepare(clips[j], rate, vad=vad)
-            for (j, wave), emb in zip(waves.items(), self._embed_prepared(waves.values(), batch_size=batch_size)):
+            embeddings = self._embed_prepared(waves.values(), batch_size=max(batch_size, WINDOW_BATCH))
+            for (j, wave), emb in zip(waves.items(), embeddings):
                 out[j] = (emb, wave.shape[0] / self.sample_rate, hashlib.sha256(wave.tobytes()).hexdigest())
             if bar is not None:
                 bar.update(min(batch_size, len(clips) - i))
@@ -267,7 +272,7 @@ class SpeakerEncoder:
         return sample_rate is None and not (self.vad if vad is None else vad) and stream_seconds(clip) is not None
 
     @torch.inference_mode()
-    def _embed_stream(self, clip: Clip, *, batch_size: int = 16) -> tuple[np.ndarray, float, str]:
+    def _embed_stream(self, clip: Clip, *, batch_size: int = WINDOW_BATCH) -> tuple[np.ndarray, float, str]:
         """:meth:`_embed_described` of one long file, read twice as a stream with memory bounded by a block:
         once for validation and the features' mean, once to embed its windows (:mod:`asit_embed.stream`)."""
         front_end = self.config.front_end
@@ -308,8 +313,9 @@ class SpeakerEncoder:
         return self.embed_batch(paths, batch_size=batch_size, progress=progress)
 
     @torch.inference_mode()
-    def _embed_prepared(self, waveforms: Iterable[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
-        """Embeddings of waveforms already through :meth:`prepare`: ``(n, dim)`` float32, unit norm."""
+    def _embed_prepared(self, waveforms: Iterable[np.ndarray], *, batch_size: int = WINDOW_BATCH) -> np.ndarray:
+        """Embeddings of waveforms already through :meth:`prepare`: ``(n, dim)`` float32, unit norm; their
+        windows go through the network ``batch_size`` at a time."""
         windows, owner = [], []
         for i, wave in enumerate(waveforms):
             feats = features(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), self.config.front_end)
@@ -333,10 +339,14 @@ class SpeakerEncoder:
 
     def windows(self, frames: int) -> list[tuple[int, int]]:
         """``(start, stop)`` feature-frame windows a clip of ``frames`` frames is embedded in: one window up to
-        ``config.window_frames``, else windows ``hop_frames`` apart, the last one aligned to the clip's end."""
+        ``config.window_frames``; longer clips in windows ``hop_frames`` apart, the last one aligned to the
+        clip's end, or, when ``hop_frames == window_frames``, split evenly (:func:`even_spans`): every frame
+        is embedded once, which costs the least per second of audio."""
         c = self.config
         if frames < c.min_frames:
             raise ValueError(f"clip has {frames} feature frames; at least {c.min_frames} are needed")
+        if frames > c.window_frames and c.hop_frames == c.window_frames:
+            return even_spans(frames, c.window_frames)
         return spans(frames, min(frames, c.window_frames), c.hop_frames)
 
 
@@ -351,6 +361,23 @@ def spans(total: int, size: int, step: int) -> list[tuple[int, int]]:
     if starts[-1] + size < total:
         starts.append(total - size)
     return [(s, s + size) for s in starts]
+
+
+def even_spans(total: int, longest: int) -> list[tuple[int, int]]:
+    """The fewest ``(start, stop)`` ranges of at most ``longest`` that cover ``total``, all of one size, spread
+    evenly from the start to the end (neighbours overlap by at most one item, so nothing is counted twice
+    beyond that, and equal sizes batch without padding).
+
+    >>> even_spans(298, 200)
+    [(0, 149), (149, 298)]
+    >>> even_spans(998, 200)
+    [(0, 200), (200, 400), (399, 599), (598, 798), (798, 998)]
+    """
+    n = -(-total // longest)
+    size = -(-total // n)
+    if n == 1:
+        return [(0, total)]
+    return [(s, s + size) for s in (round(i * (total - size) / (n - 1)) for i in range(n))]
 
 
 def _rate_for(clip: Clip, sample_rate: int | None) -> int | None:

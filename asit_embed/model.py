@@ -43,8 +43,25 @@ class Attention(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         attn_mask = None if mask is None else mask[:, None, None, :]  # True = attend
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled():
+            x = _attention_bf16(q, k, v, attn_mask)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+def _attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Inference attention in bfloat16 on the CPU as two batched products around a float32 softmax.
+
+    Written out because at our sizes (about 100 tokens, 64-dim heads) PyTorch's CPU kernels for
+    ``scaled_dot_product_attention`` in bfloat16 take twice as long (flash) or longer (math) than these two
+    products, and attention was a third of the encoder's time (``benchmarks/throughput.py``). The softmax
+    runs in float32, so the embeddings match float32 as closely as SDPA's in bfloat16.
+    """
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.float().softmax(-1).to(v.dtype) @ v
 
 
 class DropPath(nn.Module):

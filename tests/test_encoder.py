@@ -9,6 +9,7 @@ import torchaudio
 
 from asit_embed import AudioError, SpeakerEncoder, similarity
 from asit_embed.audio import load_audio
+from asit_embed.encoder import even_spans
 
 
 def test_embeddings_are_unit_norm_float32_and_deterministic(encoder, clip_rows):
@@ -65,6 +66,30 @@ def test_windows_cover_the_clip(encoder):
     wins = encoder.windows(c.window_frames * 3 + 7)
     assert wins[0][0] == 0 and wins[-1][1] == c.window_frames * 3 + 7
     assert all(b - a == c.window_frames for a, b in wins)
+
+
+@pytest.mark.parametrize("total", [201, 298, 399, 400, 401, 998, 1999, 18000])
+def test_even_spans_are_the_fewest_equal_windows_that_cover(total):
+    wins = even_spans(total, 200)
+    sizes = {b - a for a, b in wins}
+    assert len(sizes) == 1 and sizes.pop() <= 200          # one size (batches without padding), within the limit
+    assert len(wins) == -(-total // 200)                    # the fewest that can cover
+    assert wins[0][0] == 0 and wins[-1][1] == total
+    assert all(0 <= a2 - b1 + 1 <= 1 for (_, b1), (a2, _) in zip(wins, wins[1:]))  # no gap, at most 1 frame shared
+
+
+def test_hop_equal_to_window_splits_long_clips_evenly(encoder, clip_rows):
+    from asit_embed.checkpoint import Checkpoint
+
+    c = encoder.config
+    even = SpeakerEncoder(Checkpoint(c.replace(hop_frames=c.window_frames), encoder.model.state_dict()),
+                          precision="float32")
+    assert even.windows(c.window_frames) == [(0, c.window_frames)]
+    assert even.windows(298) == [(0, 149), (149, 298)] and len(encoder.windows(298)) == 2
+    assert len(even.windows(998)) == 5 < len(encoder.windows(998))  # fewer than with overlapping windows
+    # the same model, fewer windows: the same speaker, nearly the same vector
+    path = max((r["path"] for r in clip_rows), key=lambda p: sf.info(p).duration)
+    assert similarity(even.embed(path), encoder.embed(path)) > 0.95
 
 
 def test_bad_input_is_an_audio_error(encoder, tmp_path):

@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from asit_embed.config import ArchitectureConfig, EncoderConfig, FrontEndConfig, InferenceConfig
 from asit_embed.model import ASiTEncoder, asit_small, asit_tiny
@@ -77,3 +78,24 @@ def test_config_parts_compose_and_read_through():
     assert cfg.replace(depth=4).depth == 4 and cfg.replace(depth=4).hop_frames == 200 and cfg.depth == 12
     with pytest.raises(AttributeError):
         cfg.no_such_setting
+
+
+def test_bfloat16_inference_attention_matches_sdpa():
+    from asit_embed.model import _attention_bf16
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 3, 37, 64) for _ in range(3))
+    mask = (torch.arange(37)[None, :] < torch.tensor([37, 30, 12, 1])[:, None])[:, None, None, :]
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = _attention_bf16(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask).float()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    cos = F.cosine_similarity(out.flatten(2), ref.flatten(2), dim=-1)
+    assert cos.min() > 0.999, cos.min()
+    # the model takes it only for bfloat16 inference on the CPU; training keeps PyTorch's kernel
+    model = ASiTEncoder(asit_tiny(depth=1)).eval()
+    spec, lengths = torch.randn(2, 128, 120), torch.tensor([120, 60])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model(spec, lengths).float()
+    with torch.inference_mode():
+        exact = model(spec, lengths)
+    assert F.cosine_similarity(fast, exact).min() > 0.999

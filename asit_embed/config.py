@@ -61,7 +61,11 @@ class ArchitectureConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Windowing of long clips (unit-norm window embeddings are averaged) and the shortest clip accepted."""
+    """Windowing of long clips (unit-norm window embeddings are averaged) and the shortest clip accepted.
+
+    ``hop_frames == window_frames`` splits a long clip evenly into the fewest windows of at most
+    ``window_frames`` (``SpeakerEncoder.windows``), rather than stepping by the hop.
+    """
 
     window_frames: int = 200
     hop_frames: int = 100

@@ -20,6 +20,7 @@ from asit_embed.checkpoint import Checkpoint, fingerprint, load_checkpoint
 from asit_embed.features import features
 from asit_embed.model import ASiTEncoder
 from asit_embed.stream import FileStream, fbank_blocks, normalized_windows, stream_seconds
+from asit_embed.windowing import even_spans, spans
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ class SpeakerEncoder:
         :meth:`embed_batch` embeds them (what a registry records of an enrolled clip); long files are
         streamed (:mod:`asit_embed.stream`)."""
         clips = list(clips)
+        window_batch = max(batch_size, WINDOW_BATCH)
         out: list = [None] * len(clips)
         bar = None
         if progress:
@@ -255,10 +257,10 @@ class SpeakerEncoder:
             for j in range(i, min(i + batch_size, len(clips))):
                 rate = _rate_for(clips[j], sample_rate)
                 if self._streams(clips[j], rate, vad):
-                    out[j] = self._embed_stream(clips[j], batch_size=max(batch_size, WINDOW_BATCH))
+                    out[j] = self._embed_stream(clips[j], batch_size=window_batch)
                 else:
                     waves[j] = self.prepare(clips[j], rate, vad=vad)
-            embeddings = self._embed_prepared(waves.values(), batch_size=max(batch_size, WINDOW_BATCH))
+            embeddings = self._embed_prepared(waves.values(), batch_size=window_batch)
             for (j, wave), emb in zip(waves.items(), embeddings):
                 out[j] = (emb, wave.shape[0] / self.sample_rate, hashlib.sha256(wave.tobytes()).hexdigest())
             if bar is not None:
@@ -348,36 +350,6 @@ class SpeakerEncoder:
         if frames > c.window_frames and c.hop_frames == c.window_frames:
             return even_spans(frames, c.window_frames)
         return spans(frames, min(frames, c.window_frames), c.hop_frames)
-
-
-def spans(total: int, size: int, step: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges of ``size`` every ``step`` over ``total`` (``size <= total``), the last one
-    moved back to end with ``total`` so every item is covered; one range when ``size == total``.
-
-    >>> spans(10, 4, 3)
-    [(0, 4), (3, 7), (6, 10)]
-    """
-    starts = list(range(0, total - size + 1, step))
-    if starts[-1] + size < total:
-        starts.append(total - size)
-    return [(s, s + size) for s in starts]
-
-
-def even_spans(total: int, longest: int) -> list[tuple[int, int]]:
-    """The fewest ``(start, stop)`` ranges of at most ``longest`` that cover ``total``, all of one size, spread
-    evenly from the start to the end (neighbours overlap by at most one item, so nothing is counted twice
-    beyond that, and equal sizes batch without padding).
-
-    >>> even_spans(298, 200)
-    [(0, 149), (149, 298)]
-    >>> even_spans(998, 200)
-    [(0, 200), (200, 400), (399, 599), (598, 798), (798, 998)]
-    """
-    n = -(-total // longest)
-    size = -(-total // n)
-    if n == 1:
-        return [(0, total)]
-    return [(s, s + size) for s in (round(i * (total - size) / (n - 1)) for i in range(n))]
 
 
 def _rate_for(clip: Clip, sample_rate: int | None) -> int | None:

@@ -51,7 +51,7 @@ def main() -> int:
         config = ckpt.config.replace(window_frames=window, hop_frames=hop)
         encoders[(window, hop)] = SpeakerEncoder(type(ckpt)(config, ckpt.state_dict, ckpt.metadata))
     times = {(key, sec): [] for key in encoders for sec in timed}
-    for key, encoder in encoders.items():  # warm-up
+    for encoder in encoders.values():  # warm-up
         encoder.embed_batch(timed[3][:16], sample_rate=16000)
     for _ in range(args.repeats):  # the settings take turns, so a slow spell of the machine hits them all
         for (key, sec), spent in times.items():

@@ -9,7 +9,7 @@ import torchaudio
 
 from asit_embed import AudioError, SpeakerEncoder, similarity
 from asit_embed.audio import load_audio
-from asit_embed.encoder import even_spans
+from asit_embed.windowing import even_spans
 
 
 def test_embeddings_are_unit_norm_float32_and_deterministic(encoder, clip_rows):

@@ -62,6 +62,7 @@ TRAIN_HELP = {
     "head_init": "'centroids': start each class weight at its speaker's mean embedding under --init; 'random'",
     "w_teacher": "weight of the distillation from the Resemblyzer teacher (needs asit-embed[train]); 0: off",
     "teacher_cache": ".npz of the teacher's embeddings of the training clips (default: OUT/teacher.npz)",
+    "w_relation": "with --w-teacher: weight of matching the teacher's pairwise cosines within a batch; 0: off",
     "progress": "progress bar per epoch",
 }
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asit_embed.training.runs import read_log
-from asit_embed.training.teacher import TeacherHead
+from asit_embed.training.teacher import TeacherHead, relational_loss
 from asit_embed.training.train import TrainConfig, train
 from test_train import NO_AUG, TINY
 
@@ -36,6 +36,24 @@ def test_teacher_head_loss_and_mask():
     assert float(head(student, teacher, torch.zeros(5, dtype=torch.bool))) == 0.0
 
 
+def test_relational_term_matches_the_teachers_pairwise_cosines():
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 3)
+    mean = torch.tensor([2.0, -1.0, 0.5])
+    rotation = torch.linalg.qr(torch.randn(3, 3))[0]
+    # A student whose cosines are the centred teacher's (a rotation and a scale of it) has nothing to learn.
+    same_geometry = 3 * (teacher @ rotation)
+    assert float(relational_loss(same_geometry, teacher)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(6, 4, requires_grad=True)
+    assert float(relational_loss(student, teacher)) > 0.01
+    plain, relational = TeacherHead(4, 3), TeacherHead(4, 3, relation=2.0, teacher_mean=mean)
+    relational.load_state_dict(plain.state_dict())  # the mean is not saved: it comes from the cache
+    extra = relational(student, teacher + mean) - plain(student, teacher + mean)
+    assert float(extra) == pytest.approx(2.0 * float(relational_loss(student, teacher)), rel=1e-5)
+    extra.backward()
+    assert student.grad.abs().sum() > 0  # it shapes the student's embeddings themselves
+
+
 @pytest.mark.slow
 def test_teacher_embeddings_are_cached_and_distillation_decreases(tmp_path, clips_manifest, clip_rows):
     pytest.importorskip("resemblyzer")
@@ -58,7 +76,7 @@ def test_teacher_embeddings_are_cached_and_distillation_decreases(tmp_path, clip
 
     cfg = TrainConfig(data=str(clips_manifest), out_dir=str(tmp_path / "run"), train_role=None, dev_role=None,
                       encoder=TINY, augment=NO_AUG, epochs=8, batch_size=12, lr=3e-3, warmup_epochs=1,
-                      w_teacher=1.0, teacher_cache=str(cache), speed_speakers=(0.9,))
+                      w_teacher=1.0, w_relation=1.0, teacher_cache=str(cache), speed_speakers=(0.9,))
     train(cfg)
     log = read_log(tmp_path / "run")
     assert all("distill" in r for r in log)

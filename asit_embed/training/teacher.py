@@ -81,17 +81,39 @@ def _save(cache: Path, known: dict[str, np.ndarray]) -> None:
 
 
 class TeacherHead(nn.Module):
-    """Linear projection of the student's embedding into the teacher's space, and the distillation loss
-    ``1 − cos(projection, teacher)`` averaged over the rows where ``mask`` is True. Dropped after training."""
+    """The distillation loss, averaged over the rows where ``mask`` is True; dropped after training.
 
-    def __init__(self, student_dim: int, teacher_dim: int = TEACHER_DIM):
+    - ``1 − cos(projection, teacher)``: a linear projection of the student's embedding into the teacher's
+      space should point where the teacher's embedding does.
+    - ``relation`` > 0 adds that weight times a relational term (Park et al., "Relational Knowledge
+      Distillation", CVPR 2019): the mean squared difference between the batch's pairwise cosines of the
+      student's own embeddings and those of the teacher's, centred on ``teacher_mean`` (the teacher's mean
+      over the training clips; Resemblyzer's vectors are non-negative, so its raw cosines between different
+      speakers sit near 0.5, where the student's sit near 0). It shapes the student's scores themselves,
+      which the projection term leaves free.
+    """
+
+    def __init__(self, student_dim: int, teacher_dim: int = TEACHER_DIM, *, relation: float = 0.0,
+                 teacher_mean: torch.Tensor | None = None):
         super().__init__()
         self.proj = nn.Linear(student_dim, teacher_dim)
+        self.relation = relation
+        self.register_buffer("teacher_mean", torch.zeros(teacher_dim) if teacher_mean is None else teacher_mean,
+                             persistent=False)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        cos = F.cosine_similarity(self.proj(student), teacher, dim=1)
         if mask is not None:
             if not mask.any():
-                return cos.sum() * 0.0  # keeps the graph (DDP needs every parameter used)
-            cos = cos[mask]
-        return (1 - cos).mean()
+                return self.proj(student).sum() * 0.0  # keeps the graph (DDP needs every parameter used)
+            student, teacher = student[mask], teacher[mask]
+        loss = (1 - F.cosine_similarity(self.proj(student), teacher, dim=1)).mean()
+        if self.relation > 0 and len(student) > 1:
+            loss = loss + self.relation * relational_loss(student, teacher - self.teacher_mean)
+        return loss
+
+
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the pairwise cosines (off the diagonal) of two ``(n, ·)`` batches."""
+    s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+    off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    return ((s @ s.T - t @ t.T)[off] ** 2).mean()

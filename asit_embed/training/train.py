@@ -62,6 +62,7 @@ class TrainConfig(LoopConfig):
     # distillation from the Resemblyzer teacher (needs asit-embed[train]); 0 switches it off
     w_teacher: float = 0.0
     teacher_cache: str | None = None           # .npz of the teacher's embeddings (default: in the run folder)
+    w_relation: float = 0.0                    # > 0: also match the teacher's pairwise cosines (TeacherHead)
     # fine-tuning
     init: str | None = None                    # encoder checkpoint (e.g. from pretraining) to start from
     layer_decay: float = 1.0                   # < 1 scales deeper-to-shallower lrs
@@ -253,7 +254,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
     teacher = _teacher_targets(cfg, train_items, run, world, main) if cfg.w_teacher > 0 else None
     model = _Trainable(network.module, AAMSoftmax(network.embedding_dim, data.num_speakers, margin=0.0,
                                                   scale=cfg.scale),
-                       TeacherHead(network.embedding_dim, teacher.shape[1]) if teacher is not None else None)
+                       TeacherHead(network.embedding_dim, teacher.shape[1], relation=cfg.w_relation,
+                                   teacher_mean=teacher.mean(0)) if teacher is not None else None)
     opt = torch.optim.AdamW(_param_groups(model, network.depth, cfg), lr=cfg.lr)
     start_epoch, best = 0, {"dev_eer": math.inf}
     budget = Budget(cfg.max_minutes, state["elapsed"] if state else 0.0)

@@ -1,7 +1,10 @@
 """Turn a trained checkpoint into the shipped default: calibrate the operating points on the dev speakers,
 attach the AS-norm cohort, store compactly (fp16).
 
-    python tools/calibrate.py runs/ft/best.pt asit_embed/pretrained/default.pt
+    python tools/calibrate.py runs/ft/best.pt asit_embed/pretrained/default.pt [--hop-frames 150]
+
+- ``--hop-frames``: the hop between the windows a long clip is embedded in (frames of 10 ms), stored in the
+  shipped config; everything below is measured with it.
 
 - ``calibrations``: for cosine and for AS-norm scoring, the impostor score table of
   :class:`asit_embed.calibration.Calibration` from the ``dev`` speakers (unseen in training) of the dev sets
@@ -17,6 +20,7 @@ Writes ``benchmarks/results/calibration.json`` with every number it stored.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,6 +31,7 @@ import torch
 
 from asit_embed import load_encoder
 from asit_embed.checkpoint import load_checkpoint, save_checkpoint
+from asit_embed.encoder import SpeakerEncoder
 from asit_embed.training.data import load_sources
 from asit_embed.training.metrics import PROTOCOLS, eer, enrollment_split, evaluate_embeddings
 from asit_embed.training.open_set import dev_voices, pooled_calibration, protocol_trials
@@ -54,12 +59,18 @@ def main() -> int:
                                                               DATA / "arabic-speech-commands" / "manifest.csv"])
     p.add_argument("--calibrate-on", nargs="+", choices=("speechocean762", "words"), default=["speechocean762"],
                    help="dev sets whose impostor trials make the shipped calibration")
+    p.add_argument("--hop-frames", type=int, help="hop between the windows of a long clip (default: the checkpoint's)")
     args = p.parse_args()
     for path in (args.manifest, *args.words):
         if not path.is_file():
             p.error(f"manifest {path} not found: calibration needs the corpora of ../shared/data (pass --manifest / --words)")
     t0 = time.monotonic()
-    encoder = load_encoder(args.checkpoint, precision="float32")  # the reference precision
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.hop_frames:
+        if not 0 < args.hop_frames <= ckpt.config.window_frames:
+            p.error(f"--hop-frames must be in 1..{ckpt.config.window_frames} (the window)")
+        ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(hop_frames=args.hop_frames))
+    encoder = SpeakerEncoder(ckpt, precision="float32")  # the reference precision
     dev = {"speechocean762": load_sources(args.manifest, role="dev"), "words": load_sources(args.words, role="dev")}
     train = load_sources([args.manifest, *args.words], role="train")
     cohort = speaker_means(encoder.embed_batch([it.path for it in train], progress=True), [it.speaker for it in train])
@@ -85,7 +96,6 @@ def main() -> int:
     so762 = results["speechocean762"]
     threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=as_norm)[:2])[1]
 
-    ckpt = load_checkpoint(args.checkpoint)
     metadata = {**ckpt.metadata, "threshold": so762.eer_threshold, "threshold_asnorm": threshold_asnorm,
                 "cohort": torch.from_numpy(cohort.astype(np.float32)).half(),
                 "calibrations": {k: c.to_dict() for k, c in calibrations.items()},

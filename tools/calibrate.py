@@ -66,10 +66,11 @@ def main() -> int:
             p.error(f"manifest {path} not found: calibration needs the corpora of ../shared/data (pass --manifest / --words)")
     t0 = time.monotonic()
     ckpt = load_checkpoint(args.checkpoint)
-    if args.hop_frames:
-        if not 0 < args.hop_frames <= ckpt.config.window_frames:
-            p.error(f"--hop-frames must be in 1..{ckpt.config.window_frames} (the window)")
-        ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(hop_frames=args.hop_frames))
+    if args.hop_frames is not None:
+        try:  # the config checks the hop against the window
+            ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(hop_frames=args.hop_frames))
+        except ValueError as err:
+            p.error(f"--hop-frames: {err}")
     encoder = SpeakerEncoder(ckpt, precision="float32")  # the reference precision
     dev = {"speechocean762": load_sources(args.manifest, role="dev"), "words": load_sources(args.words, role="dev")}
     train = load_sources([args.manifest, *args.words], role="train")

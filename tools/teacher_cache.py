@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from peers import load_ecapa  # noqa: E402
 
 from asit_embed.audio import load_audio  # noqa: E402
+from asit_embed.training.teacher import save_cache  # noqa: E402
 
 
 def main() -> int:
@@ -35,15 +35,12 @@ def main() -> int:
         paths, teacher = z["paths"].tolist(), z["embeddings"].astype(np.float32)
     ecapa = load_ecapa(args.ecapa)
     rows = []
-    with torch.inference_mode():
-        for n, path in enumerate(paths, 1):
-            rows.append(ecapa.embed([load_audio(path, sample_rate=16000, min_seconds=0.0)])[0])
-            if n % 1000 == 0:
-                print(f"{n} / {len(paths)} clips", file=sys.stderr)
-    second = np.stack(rows)
-    both = np.concatenate([teacher, second], axis=1) / np.sqrt(2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, paths=np.array(paths), embeddings=both.astype(np.float32))
+    for n, path in enumerate(paths, 1):  # ECAPA.embed runs without gradients
+        rows.append(ecapa.embed([load_audio(path, sample_rate=16000, min_seconds=0.0)])[0])
+        if n % 1000 == 0:
+            print(f"{n} / {len(paths)} clips", file=sys.stderr)
+    both = (np.concatenate([teacher, np.stack(rows)], axis=1) / np.sqrt(2)).astype(np.float32)
+    save_cache(args.out, dict(zip(paths, both)))
     print(f"wrote {args.out}: {len(paths)} clips x {both.shape[1]} ({time.monotonic() - t0:.0f} s)")
     return 0
 

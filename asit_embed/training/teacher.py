@@ -68,12 +68,13 @@ def teacher_embeddings(paths: Sequence[str], cache: str | os.PathLike, *, save_e
         for n, path in enumerate(missing, 1):
             known[path] = teacher.embed_file(path)
             if n % save_every == 0 or n == len(missing):
-                _save(cache, known)
+                save_cache(cache, known)
                 log.info("teacher: %d / %d", n, len(missing))
     return np.stack([known[p] for p in paths])
 
 
-def _save(cache: Path, known: dict[str, np.ndarray]) -> None:
+def save_cache(cache: Path, known: dict[str, np.ndarray]) -> None:
+    """Write ``{path: embedding}`` to the .npz ``cache`` atomically (a reader never sees half a file)."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".tmp.npz")
     np.savez(tmp, paths=np.array(list(known)), embeddings=np.stack(list(known.values())))

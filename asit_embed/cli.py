@@ -125,17 +125,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _encoder(args: argparse.Namespace) -> dict:
+    """The encoder settings of a training run: the preset with the command line's overrides, or with
+    ``--init``, only the overrides (the rest comes from the initial checkpoint)."""
     from asit_embed import model
-    from asit_embed.training.augment import AugmentConfig
-    from asit_embed.training.train import TrainConfig, train
 
     overrides = {k: v for k, v in dict(patch_size=args.patch, patch_stride=args.stride or args.patch,
                                        crop_frames=args.crop_frames, depth=args.depth,
                                        drop_path=args.drop_path, max_freq_hz=args.max_freq_hz).items()
                  if v is not None}
-    enc = getattr(model, f"asit_{args.preset}")(**overrides).to_dict() if not args.init else overrides
-    cfg = config_from_args(TrainConfig, args, data=tuple(args.data), out_dir=args.out, encoder=enc,
+    return getattr(model, f"asit_{args.preset}")(**overrides).to_dict() if not args.init else overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from asit_embed.training.augment import AugmentConfig
+    from asit_embed.training.train import TrainConfig, train
+
+    cfg = config_from_args(TrainConfig, args, data=tuple(args.data), out_dir=args.out, encoder=_encoder(args),
                            dev_data=tuple(args.dev_data) if args.dev_data else None,
                            augment=config_from_args(AugmentConfig, args))
     record = train(cfg, resume=args.resume)
@@ -144,13 +150,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from asit_embed import model
     from asit_embed.training.pretrain import PretrainConfig, plot_log, pretrain
 
-    overrides = {k: v for k, v in dict(patch_size=args.patch, patch_stride=args.stride or args.patch,
-                                       crop_frames=args.crop_frames, depth=args.depth).items() if v is not None}
-    enc = getattr(model, f"asit_{args.preset}")(**overrides).to_dict() if not args.init else overrides
-    cfg = config_from_args(PretrainConfig, args, data=tuple(args.data), out_dir=args.out, encoder=enc)
+    cfg = config_from_args(PretrainConfig, args, data=tuple(args.data), out_dir=args.out, encoder=_encoder(args))
     record = pretrain(cfg, resume=args.resume)
     plot_log(Path(args.out) / "log.jsonl", Path(args.out) / "losses.png")
     print(json.dumps(record))
@@ -207,6 +209,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    """The encoder settings ``train`` and ``pretrain`` share; with ``--init`` they override the checkpoint's."""
+    parser.add_argument("--preset", choices=PRESETS, default="tiny")
+    parser.add_argument("--patch", type=_pair, help="patch size MELSxFRAMES (default 128x2)")
+    parser.add_argument("--stride", type=_pair, help="patch stride MELSxFRAMES (default: the patch size)")
+    parser.add_argument("--crop-frames", type=int)
+    parser.add_argument("--depth", type=int)
+    parser.add_argument("--drop-path", type=float)
+    parser.add_argument("--max-freq-hz", type=float,
+                        help="zero mel bins above this frequency (3800: 8 kHz and wideband audio embed alike; "
+                             "0: the full band)")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the training commands' options (generated from their config dataclasses, which live in
     :mod:`asit_embed.training`) are added only when ``command`` is one of them or ``None``, so that other
@@ -243,14 +258,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "(speaker ids become <corpus>/<speaker>)")
     t.add_argument("--out", default="runs/train", help="run folder (config, log.jsonl, last.pt, best.pt)")
     t.add_argument("--dev-data", nargs="+", help="dev set(s) (default: --data)")
-    t.add_argument("--preset", choices=PRESETS, default="tiny")
-    t.add_argument("--patch", type=_pair, help="patch size MELSxFRAMES (default 128x2)")
-    t.add_argument("--stride", type=_pair, help="patch stride MELSxFRAMES (default: the patch size)")
-    t.add_argument("--crop-frames", type=int)
-    t.add_argument("--depth", type=int)
-    t.add_argument("--drop-path", type=float)
-    t.add_argument("--max-freq-hz", type=float,
-                   help="zero mel bins above this frequency (3800: 8 kHz and wideband audio embed alike)")
+    _add_encoder_options(t)
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     if training:
         from asit_embed.training.augment import AugmentConfig
@@ -271,11 +279,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--data", required=True, nargs="+",
                    help="manifest .csv, folder, or archive; several pretrain together (labels are ignored)")
     r.add_argument("--out", default="runs/pretrain", help="run folder (log.jsonl, losses.png, last.pt, encoder.pt)")
-    r.add_argument("--preset", choices=PRESETS, default="tiny")
-    r.add_argument("--patch", type=_pair)
-    r.add_argument("--stride", type=_pair)
-    r.add_argument("--crop-frames", type=int)
-    r.add_argument("--depth", type=int)
+    _add_encoder_options(r)
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     if training:
         from asit_embed.training.pretrain import PretrainConfig

@@ -265,3 +265,21 @@ def test_pretraining_continues_from_an_encoder_on_several_corpora(tmp_path, clip
     for k, v in start.state_dict().items():  # lr 0: the encoder is where it started (EMA rounding aside)
         if "num_batches_tracked" not in k and "running_" not in k:
             assert torch.allclose(out.state_dict[k], v, atol=1e-6), k
+
+
+def test_cli_continues_an_encoder_with_another_band(tmp_path, clips_manifest):
+    """``pretrain --init CKPT --max-freq-hz 0``: a band-limited encoder continues on the full band (the
+    checkpoint's other settings kept); ``train`` takes the same encoder options."""
+    from asit_embed.cli import main
+
+    save_checkpoint(tmp_path / "start.pt", ASiTEncoder(EncoderConfig.from_dict({**TINY, "max_freq_hz": 3800.0})))
+    out = tmp_path / "pt"
+    assert main(["pretrain", "--data", str(clips_manifest), "--role", "all", "--out", str(out), "--epochs", "1",
+                 "--batch-size", "12", "--warmup-epochs", "0", "--global-dim", "64", "--local-dim", "32",
+                 "--init", str(tmp_path / "start.pt"), "--max-freq-hz", "0"]) == 0
+    config = load_checkpoint(out / "encoder.pt").config
+    assert config.max_freq_hz == 0.0 and config.width == TINY["width"] and config.depth == TINY["depth"]
+    assert main(["train", "--data", str(clips_manifest), "--train-role", "all", "--dev-role", "none",
+                 "--out", str(tmp_path / "ft"), "--epochs", "1", "--batch-size", "12", "--init", str(out / "encoder.pt"),
+                 "--max-freq-hz", "3800"]) == 0
+    assert load_checkpoint(tmp_path / "ft" / "final.pt").config.max_freq_hz == 3800.0

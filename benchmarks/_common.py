@@ -37,16 +37,17 @@ def dev_sets(manifest: Path, words: Sequence[Path]) -> dict:
             "words": (load_sources(list(words), role="dev"), "words")}
 
 
-def score(embed: Callable[[list[str]], np.ndarray], sets: dict) -> dict:
+def score(embed: Callable[[list[str]], np.ndarray], sets: dict, normalize: Callable | None = None) -> dict:
     """``embed(paths) -> (n, dim)`` scored on every dev set of :func:`dev_sets` with its protocol: top-1, EER,
-    minDCF, open-set EER, TPIR at FPIR 1 % (``{set name: summary}``)."""
+    minDCF, open-set EER, TPIR at FPIR 1 % (``{set name: summary}``); ``normalize``: a scoring other than
+    cosine (:func:`asit_embed.training.metrics.evaluate_embeddings`)."""
     from asit_embed.training.metrics import PROTOCOLS, evaluate_embeddings
 
     out = {}
     for name, (items, protocol) in sets.items():
         emb = embed([it.path for it in items])
         res = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items], open_set=True,
-                                  **PROTOCOLS[protocol])
+                                  normalize=normalize, **PROTOCOLS[protocol])
         out[name] = res.summary()
     return out
 

@@ -63,7 +63,7 @@ def main() -> int:
               "splits": args.splits, "speakers": {n: len(set(s[1][i] for i in s[2])) for n, s in sets.items()}}
     scorings = {"cosine": None}
     if meta.get("cohort") is not None:
-        scorings["as-norm"] = ASNorm(np.asarray(meta["cohort"], dtype=np.float32)).score
+        scorings["as-norm"] = ASNorm.from_metadata(meta).score
     # the dev sets the shipped calibration came from, unless asked otherwise
     calibrate_on = args.calibrate_on or (meta.get("calibration") or {}).get("sets")
     report["calibrated_on"] = calibrate_on or list(sets)

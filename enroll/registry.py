@@ -48,8 +48,8 @@ class SpeakerRegistry:
             someone enrolled, *at the registry's current size* (the threshold rises as speakers enroll).
         threshold: a fixed score at or above which both accept, instead of the calibrated operating points.
         as_norm: score with adaptive symmetric normalisation against a cohort.
-        cohort: ``(m, dim)`` cohort embeddings for AS-norm; default: the training speakers shipped with
-            the checkpoint.
+        cohort: ``(m, dim)`` cohort embeddings for AS-norm, each side scored against its top 50; default:
+            the training clips shipped with the checkpoint, with its ``cohort_top_n``.
         index: an :class:`IndexConfig`, or its ``kind``: ``"auto"`` (exact search below 20 000 speakers,
             IVF above), ``"flat"`` or ``"ivf"``.
         readonly: open an existing registry for queries only (also from a read-only directory or medium):
@@ -98,10 +98,9 @@ class SpeakerRegistry:
         meta = getattr(encoder, "metadata", {}) or {}
         self.as_norm = None
         if as_norm:
-            cohort = meta.get("cohort") if cohort is None else cohort
-            if cohort is None:
+            self.as_norm = ASNorm.from_metadata(meta, cohort)
+            if self.as_norm is None:
                 raise RegistryError("as_norm=True needs a cohort: pass cohort= or use a checkpoint that ships one")
-            self.as_norm = ASNorm(np.asarray(cohort, dtype=np.float32))
         self.scoring = "as-norm" if as_norm else "cosine"
         self._points = OperatingPoints(self._store, self.dim, meta, scoring=self.scoring, far=far, fpir=fpir,
                                        threshold=threshold, adapt=adapt)

@@ -83,7 +83,9 @@ def test_embed_segments_cover_the_clip(encoder):
 
 
 def test_track_labels_who_spoke_when(encoder, by_speaker):
-    reg = SpeakerRegistry(encoder=encoder, threshold=0.5)
+    # A fixed threshold between the two groups of 2 s segment scores of the shipped model: the weakest
+    # segment that decides bob's turn scores about 0.50, the best wrong name in the stranger's stretch 0.41.
+    reg = SpeakerRegistry(encoder=encoder, threshold=0.46)
     reg.enroll_many({"ada": by_speaker["0036"][:3], "bob": by_speaker["1027"][:3], "carl": by_speaker["0070"][:3]})
     turns = reg.track(CONVERSATION)
     assert all(isinstance(t, Turn) for t in turns)

@@ -17,7 +17,7 @@ are averaged over ``splits`` random halvings. At a *calibrated* operating point 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,11 +128,13 @@ def enrollment_templates(x: np.ndarray, speakers: Sequence[str], enroll: Sequenc
 
 
 def open_set_identification(x: np.ndarray, speakers: Sequence[str], enroll: Sequence[int], probe: Sequence[int], *,
-                            fpir: float = 0.01, splits: int = 20, seed: int = 0) -> dict:
+                            fpir: float = 0.01, splits: int = 20, seed: int = 0,
+                            normalize: Callable | None = None) -> dict:
     """Open-set identification over random halvings of the speakers (see the module docstring).
 
     Args:
         x: ``(n, dim)`` unit embeddings; enroll, probe: indices from :func:`enrollment_split`.
+        normalize: ``normalize(cosines, queries, templates)`` scores with another scoring (e.g. AS-norm).
 
     Returns:
         ``{"open_set_eer", "tpir_at_fpir", "fpir", "open_set_splits"}`` (rates as fractions, means over splits).
@@ -146,7 +148,11 @@ def open_set_identification(x: np.ndarray, speakers: Sequence[str], enroll: Sequ
         templates = enrollment_templates(x, speakers, [i for i in enroll if speakers[i] in known], known_names)
         genuine = [i for i in probe if speakers[i] in known]
         strangers = [i for i in probe if speakers[i] not in known]
-        g_scores, s_best = x[genuine] @ templates.T, (x[strangers] @ templates.T).max(1)
+        g_scores, s_scores = x[genuine] @ templates.T, x[strangers] @ templates.T
+        if normalize is not None:
+            g_scores = normalize(g_scores, x[genuine], templates)
+            s_scores = normalize(s_scores, x[strangers], templates)
+        s_best = s_scores.max(1)
         right = np.array(known_names)[g_scores.argmax(1)] == np.array([speakers[i] for i in genuine])
         g_best = np.where(right, g_scores.max(1), -np.inf)  # a wrong name is a miss at any threshold
         threshold = np.quantile(s_best, 1 - fpir, method="higher")
@@ -163,7 +169,7 @@ def open_set_identification(x: np.ndarray, speakers: Sequence[str], enroll: Sequ
 
 def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: Sequence[str], *,
                         n_enroll: int = 5, max_probes: int | None = None, min_clips: int | None = None,
-                        open_set: bool = False) -> EvalResult:
+                        open_set: bool = False, normalize: Callable | None = None) -> EvalResult:
     """Score the protocol on precomputed embeddings.
 
     Args:
@@ -171,6 +177,8 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
         speakers: ``n`` speaker labels; keys: ``n`` clip identifiers (paths) that fix the enrollment order.
         n_enroll, max_probes, min_clips: the protocol (see :data:`PROTOCOLS`).
         open_set: also measure open-set identification (:func:`open_set_identification`; needs 4+ speakers).
+        normalize: ``normalize(cosines, queries, templates)`` scores with another scoring than cosine (e.g.
+            AS-norm, :class:`enroll.scoring.ASNorm`'s ``score``), for every figure.
 
     >>> rng = np.random.default_rng(0)
     >>> centres = rng.standard_normal((3, 16))
@@ -192,6 +200,8 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
     label = {s: i for i, s in enumerate(names)}
     templates = enrollment_templates(x, speakers, enroll, names)
     scores = x[probe] @ templates.T                        # (probes, speakers)
+    if normalize is not None:
+        scores = normalize(scores, x[probe], templates)
     truth = np.array([label[speakers[i]] for i in probe])
     rows = np.arange(len(probe))
     target = scores[rows, truth]
@@ -200,7 +210,8 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
     return EvalResult(top1=float((scores.argmax(1) == truth).mean()), eer=e, eer_threshold=threshold,
                       min_dcf=min_dcf(target, nontarget)[0], n_speakers=len(names), n_enroll=n_enroll,
                       n_probes=len(probe), target_scores=target, nontarget_scores=nontarget,
-                      open_set=open_set_identification(x, speakers, enroll, probe) if open_set else None)
+                      open_set=open_set_identification(x, speakers, enroll, probe, normalize=normalize)
+                      if open_set else None)
 
 
 def plot_evaluation(result: EvalResult, path, *, title: str = ""):

@@ -1,0 +1,90 @@
+"""AS-norm against cosine scoring on both dev sets, for our default and for Resemblyzer.
+
+    python benchmarks/as_norm.py        # a few minutes; writes benchmarks/results/as_norm.json
+
+AS-norm (``SpeakerRegistry(as_norm=True)``, :class:`enroll.scoring.ASNorm`) scores a trial by how far its
+cosine stands above each side's top-N cohort scores. Three scorings per encoder, same protocols and figures
+as ``benchmarks/accuracy.py``:
+
+- cosine, what a registry does by default;
+- AS-norm, cohort of single clips: up to 4 clips of every training speaker of the three corpora
+  (:func:`enroll.scoring.cohort_clips`), top 200. For our default this is the cohort it ships
+  (``tools/calibrate.py``); Resemblyzer gets its own embeddings of the same clips;
+- AS-norm, cohort of speaker means: the mean of each speaker's same clips, top 50 (the kind of cohort the
+  default shipped before: one mean per training speaker).
+
+The cohort and its top-N were chosen on these dev sets, so the AS-norm rows are slightly optimistic.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score  # noqa: E402
+from peers import RESEMBLYZER_NAME, resemblyzer  # noqa: E402
+
+from asit_embed import load_encoder  # noqa: E402
+from asit_embed.training.data import load_sources  # noqa: E402
+from enroll.scoring import DEFAULT_TOP_N, ASNorm, cohort_clips  # noqa: E402
+
+CLIPS_PER_SPEAKER = 4
+
+
+def speaker_means(x: np.ndarray, speakers: list[str]) -> np.ndarray:
+    names = sorted(set(speakers))
+    means = np.stack([x[[i for i, s in enumerate(speakers) if s == n]].mean(0) for n in names])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dev_set_options(p)
+    p.add_argument("--result", type=Path, default=RESULTS / "as_norm.json")
+    args = p.parse_args()
+    require(args.manifest, *args.words)
+    sets = dev_sets(args.manifest, args.words)
+    train = load_sources([args.manifest, *args.words], role="train")
+    picked = cohort_clips([it.path for it in train], [it.speaker for it in train], CLIPS_PER_SPEAKER)
+    cohort_paths, cohort_speakers = [train[i].path for i in picked], [train[i].speaker for i in picked]
+
+    encoder = load_encoder()
+    shipped = ASNorm.from_metadata(encoder.metadata)
+    if shipped is None or len(shipped.cohort) != len(picked):
+        sys.exit("the shipped checkpoint's cohort is not the one tools/calibrate.py builds: recalibrate it")
+    teacher = resemblyzer()
+    systems = {"asit-embed default": (lambda paths: encoder.embed_batch(paths), shipped.cohort),
+               RESEMBLYZER_NAME: ((lambda paths: np.stack([teacher.embed_file(q) for q in paths])), None)}
+    rows = []
+    for name, (embed, cohort) in systems.items():
+        cache = {}
+
+        def cached(paths, embed=embed, cache=cache):
+            key = tuple(paths)
+            if key not in cache:
+                cache[key] = embed(list(paths))
+            return cache[key]
+
+        if cohort is None:
+            cohort = cached(cohort_paths)
+        cohort = cohort / np.linalg.norm(cohort, axis=1, keepdims=True)
+        scorings = {"cosine": None,
+                    f"AS-norm, {len(cohort)} clips, top {shipped.top_n}": ASNorm(cohort, top_n=shipped.top_n).score,
+                    f"AS-norm, {len(set(cohort_speakers))} speaker means, top {DEFAULT_TOP_N}":
+                        ASNorm(speaker_means(cohort, cohort_speakers), top_n=DEFAULT_TOP_N).score}
+        for scoring, normalize in scorings.items():
+            rows.append({"system": f"{name}: {scoring}", "encoder": name, "scoring": scoring,
+                         **score(cached, sets, normalize)})
+            print(f"scored {rows[-1]['system']}", file=sys.stderr)
+    print_tables(rows, sets)
+    args.result.write_text(json.dumps({"fingerprint": encoder.fingerprint, "cohort_clips": len(picked),
+                                       "clips_per_speaker": CLIPS_PER_SPEAKER, "top_n": shipped.top_n,
+                                       "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

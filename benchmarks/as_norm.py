@@ -29,15 +29,10 @@ from peers import RESEMBLYZER_NAME, resemblyzer  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
 from asit_embed.training.data import load_sources  # noqa: E402
+from asit_embed.training.metrics import enrollment_templates  # noqa: E402
 from enroll.scoring import DEFAULT_TOP_N, ASNorm, cohort_clips  # noqa: E402
 
 CLIPS_PER_SPEAKER = 4
-
-
-def speaker_means(x: np.ndarray, speakers: list[str]) -> np.ndarray:
-    names = sorted(set(speakers))
-    means = np.stack([x[[i for i, s in enumerate(speakers) if s == n]].mean(0) for n in names])
-    return means / np.linalg.norm(means, axis=1, keepdims=True)
 
 
 def main() -> int:
@@ -50,6 +45,7 @@ def main() -> int:
     train = load_sources([args.manifest, *args.words], role="train")
     picked = cohort_clips([it.path for it in train], [it.speaker for it in train], CLIPS_PER_SPEAKER)
     cohort_paths, cohort_speakers = [train[i].path for i in picked], [train[i].speaker for i in picked]
+    speaker_names = sorted(set(cohort_speakers))
 
     encoder = load_encoder()
     shipped = ASNorm.from_metadata(encoder.metadata)
@@ -73,8 +69,9 @@ def main() -> int:
         cohort = cohort / np.linalg.norm(cohort, axis=1, keepdims=True)
         scorings = {"cosine": None,
                     f"AS-norm, {len(cohort)} clips, top {shipped.top_n}": ASNorm(cohort, top_n=shipped.top_n).score,
-                    f"AS-norm, {len(set(cohort_speakers))} speaker means, top {DEFAULT_TOP_N}":
-                        ASNorm(speaker_means(cohort, cohort_speakers), top_n=DEFAULT_TOP_N).score}
+                    f"AS-norm, {len(speaker_names)} speaker means, top {DEFAULT_TOP_N}":
+                        ASNorm(enrollment_templates(cohort, cohort_speakers, range(len(cohort)), speaker_names),
+                               top_n=DEFAULT_TOP_N).score}
         for scoring, normalize in scorings.items():
             rows.append({"system": f"{name}: {scoring}", "encoder": name, "scoring": scoring,
                          **score(cached, sets, normalize)})

@@ -80,9 +80,8 @@ def test_registry_without_a_cohort_says_so(encoder):
 
 
 def test_cohort_takes_evenly_spaced_clips_of_every_speaker():
-    pick = cohort_clips
     paths = [f"b/{i:02d}.wav" for i in range(20)] + ["a/2.wav", "a/1.wav"]
     speakers = ["b"] * 20 + ["a", "a"]
-    chosen = pick(paths, speakers, 4)
+    chosen = cohort_clips(paths, speakers, 4)
     assert [paths[i] for i in chosen] == ["a/1.wav", "a/2.wav", "b/00.wav", "b/05.wav", "b/10.wav", "b/15.wav"]
-    assert len(pick(paths, speakers, 1)) == 2
+    assert len(cohort_clips(paths, speakers, 1)) == 2

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from peers import load_ecapa  # noqa: E402
 
 from asit_embed.audio import load_audio  # noqa: E402
-from asit_embed.training.teacher import save_cache  # noqa: E402
+from asit_embed.training.teacher import load_cache, save_cache  # noqa: E402
 
 
 def main() -> int:
@@ -31,8 +31,8 @@ def main() -> int:
     p.add_argument("out", type=Path)
     args = p.parse_args()
     t0 = time.monotonic()
-    with np.load(args.resemblyzer_cache) as z:
-        paths, teacher = z["paths"].tolist(), z["embeddings"].astype(np.float32)
+    known = load_cache(args.resemblyzer_cache)
+    paths, teacher = list(known), np.stack(list(known.values())).astype(np.float32)
     ecapa = load_ecapa(args.ecapa)
     rows = []
     for n, path in enumerate(paths, 1):  # ECAPA.embed runs without gradients

@@ -57,10 +57,7 @@ def teacher_embeddings(paths: Sequence[str], cache: str | os.PathLike, *, save_e
     every ``save_every`` clips, so an interrupted run resumes). Clips are decoded with our loader at 16 kHz.
     """
     cache = Path(cache)
-    known: dict[str, np.ndarray] = {}
-    if cache.is_file():
-        with np.load(cache) as z:
-            known = dict(zip(z["paths"].tolist(), z["embeddings"]))
+    known = load_cache(cache) if cache.is_file() else {}
     missing = [p for p in dict.fromkeys(paths) if p not in known]
     if missing:
         log.info("teacher: embedding %d of %d clips into %s", len(missing), len(paths), cache)
@@ -71,6 +68,12 @@ def teacher_embeddings(paths: Sequence[str], cache: str | os.PathLike, *, save_e
                 save_cache(cache, known)
                 log.info("teacher: %d / %d", n, len(missing))
     return np.stack([known[p] for p in paths])
+
+
+def load_cache(cache: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{path: embedding}`` from a .npz cache that :func:`save_cache` wrote, in its order."""
+    with np.load(cache) as z:
+        return dict(zip(z["paths"].tolist(), z["embeddings"]))
 
 
 def save_cache(cache: Path, known: dict[str, np.ndarray]) -> None:

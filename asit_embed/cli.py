@@ -63,6 +63,8 @@ TRAIN_HELP = {
     "w_teacher": "weight of the distillation from the Resemblyzer teacher (needs asit-embed[train]); 0: off",
     "teacher_cache": ".npz of the teacher's embeddings of the training clips (default: OUT/teacher.npz)",
     "w_relation": "with --w-teacher: weight of matching the teacher's pairwise cosines within a batch; 0: off",
+    "min_crop_frames": "cut each batch to a random length from this many frames to the full crop "
+                       "(e.g. 100: 1 s, for one-second clips); 0: full crops",
     "progress": "progress bar per epoch",
 }
 

@@ -11,7 +11,7 @@ import torch
 
 from asit_embed.training.augment import AugmentConfig
 from asit_embed.checkpoint import load_checkpoint
-from asit_embed.training.train import TrainConfig, train
+from asit_embed.training.train import TrainConfig, random_length, train
 
 TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,
             window_frames=100, hop_frames=50, drop_path=0.0)
@@ -46,9 +46,9 @@ def test_tiny_run_overfits_real_clips(tmp_path, clips_manifest):
 @pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tmp_path, clips_manifest):
     aug = AugmentConfig(p_noise=0.5, p_speed=0.5, p_drop_chunk=0.5, p_drop_freq=0.5, p_specaug=0.5)
-    full = config(tmp_path / "a", clips_manifest, epochs=3, augment=aug)
+    full = config(tmp_path / "a", clips_manifest, epochs=3, augment=aug, min_crop_frames=60)
     train(full)
-    part = config(tmp_path / "b", clips_manifest, epochs=3, augment=aug)
+    part = config(tmp_path / "b", clips_manifest, epochs=3, augment=aug, min_crop_frames=60)
     train(TrainConfig.from_dict({**part.to_dict(), "max_minutes": 0.0}))  # stops after the first epoch
     assert len(read_log(part.out_dir)) == 1
     train(TrainConfig.from_dict({**part.to_dict(), "max_minutes": 0.0}), resume=True)  # the budget is spent
@@ -58,6 +58,23 @@ def test_resume_equals_uninterrupted_run(tmp_path, clips_manifest):
     b = torch.load(os.path.join(part.out_dir, "last.pt"), weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in read_log(full.out_dir)] == [r["loss"] for r in read_log(part.out_dir)]
+
+
+def test_random_length_cuts_the_whole_batch_to_one_stretch():
+    spec = torch.arange(2 * 3 * 200, dtype=torch.float32).view(2, 3, 200)
+    assert random_length(spec, 0) is spec and random_length(spec, 200) is spec
+    torch.manual_seed(0)
+    lengths = set()
+    for _ in range(50):
+        cut = random_length(spec, 100)
+        n = cut.shape[-1]
+        lengths.add(n)
+        assert 100 <= n <= 200 and cut.shape[:2] == (2, 3)
+        start = int(cut[0, 0, 0])  # the frames are numbered: a contiguous stretch, the same one for every row
+        assert torch.equal(cut, spec[..., start:start + n])
+    assert len(lengths) > 10  # lengths vary from batch to batch
+    with pytest.raises(ValueError, match="min_crop_frames"):
+        TrainConfig(data="x.csv", min_crop_frames=-1)
 
 
 @pytest.mark.slow

@@ -59,6 +59,9 @@ class TrainConfig(LoopConfig):
     first_corpus_share: float | None = None    # fixes the first dataset's share of the crops (e.g. 0.5)
     epoch_clips: int | None = None             # crops per epoch; None: one per training clip
     speed_speakers: tuple[float, ...] = ()     # e.g. (0.9, 1.1): sped-up / slowed-down copies as new speakers
+    # > 0: each batch is cut to a random length between this many frames and the full crop, so the network also
+    # learns from the short inputs that one-second clips give it at inference (0: every batch is a full crop)
+    min_crop_frames: int = 0
     # distillation from the Resemblyzer teacher (needs asit-embed[train]); 0 switches it off
     w_teacher: float = 0.0
     teacher_cache: str | None = None           # .npz of the teacher's embeddings (default: in the run folder)
@@ -89,6 +92,8 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"speed_speakers {self.speed_speakers} must be positive factors other than 1")
         if self.head_init not in ("random", "centroids"):
             raise ValueError(f"head_init {self.head_init!r} must be 'random' or 'centroids'")
+        if self.min_crop_frames < 0:
+            raise ValueError(f"min_crop_frames {self.min_crop_frames} must be >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -301,7 +306,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
             idx = mine[step * cfg.batch_size:(step + 1) * cfg.batch_size].tolist()
             waves = augment.wave(torch.stack([data[i][0] for i in idx]))
             y = data.labels[idx]
-            spec = augment.spec(network.front_end(waves))
+            spec = random_length(augment.spec(network.front_end(waves)), cfg.min_crop_frames)
             lr = lr_at(epoch * steps_per_epoch + step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
             for g in opt.param_groups:
                 g["lr"] = 0.0 if frozen and g["network"] else lr * g["lr_scale"]
@@ -351,6 +356,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
     if world > 1:
         dist.barrier()
     return record
+
+
+def random_length(spec: torch.Tensor, min_frames: int) -> torch.Tensor:
+    """A random stretch of ``(batch, n_mels, frames)`` ``spec``, the same for the whole batch, between
+    ``min_frames`` and all its frames long (``min_frames`` 0: ``spec`` unchanged)."""
+    frames = spec.shape[-1]
+    if min_frames <= 0 or min_frames >= frames:
+        return spec
+    n = int(torch.randint(min_frames, frames + 1, ()))
+    start = int(torch.randint(0, frames - n + 1, ()))
+    return spec[..., start:start + n]
 
 
 @torch.no_grad()

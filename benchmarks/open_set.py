@@ -69,12 +69,13 @@ def main() -> int:
     report["calibrated_on"] = calibrate_on or list(sets)
     for scoring, normalize in scorings.items():
         report[scoring] = calibrated_open_set(sets, sizes=args.sizes, fpir=args.fpir, splits=args.splits,
-                                              normalize=normalize, calibrate_on=calibrate_on)
+                                              normalize=normalize, scoring=scoring, calibrate_on=calibrate_on)
         table = (meta.get("calibrations") or {}).get(scoring)
         if table is not None:
             shipped = Calibration.from_dict(table)
             report[f"{scoring}_shipped_in_sample"] = calibrated_open_set(
-                sets, sizes=args.sizes, fpir=args.fpir, splits=args.splits, normalize=normalize, shipped=shipped)
+                sets, sizes=args.sizes, fpir=args.fpir, splits=args.splits, normalize=normalize, scoring=scoring,
+                shipped=shipped)
             # the shipped calibration itself on the dev sets it was not fitted on: no halving needed
             unseen = {n: s for n, s in sets.items() if n not in report["calibrated_on"]}
             # how their impostor table differs from the shipped one, from the median to the far tail (what
@@ -88,7 +89,7 @@ def main() -> int:
             if unseen:
                 report[f"{scoring}_shipped_all_speakers"] = calibrated_open_set(
                     unseen, sizes=args.all_sizes, fpir=args.fpir, splits=args.splits, normalize=normalize,
-                    shipped=shipped, halve=False)
+                    scoring=scoring, shipped=shipped, halve=False)
     report["seconds"] = round(time.monotonic() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

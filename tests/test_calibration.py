@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from asit_embed.calibration import Calibration, CalibrationError, cross_speaker_mean, impostor_scores
+from asit_embed.calibration import CONFIDENCE, Calibration, CalibrationError, cross_speaker_mean, impostor_scores
 from enroll import SpeakerRegistry
 
 
@@ -209,6 +209,28 @@ def test_the_registry_adapts_the_shipped_calibration_to_its_voices(encoder, tmp_
         assert reg.calibration == own and own.shift == 0  # one's own calibration is used as it is
 
 
+def test_an_as_norm_registry_adapts_from_its_own_as_norm_trials(encoder, tmp_path):
+    shipped = SpeakerRegistry(encoder=encoder, as_norm=True, adapt=False).calibration
+    assert shipped.scoring == "as-norm" and shipped.confidence == CONFIDENCE["as-norm"] > CONFIDENCE["cosine"]
+    # a mean cosine says nothing about AS-norm's scale: only the trials' quantiles are recorded
+    assert shipped.cross_mean is None and shipped.reference is not None
+    x, names = voices(8, 3, encoder.dim, common=0.6)
+    who = np.array(names)
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=True) as reg:
+        for s in sorted(set(names))[:5]:
+            reg.enroll_embeddings(s, x[who == s])
+        assert reg.calibration == shipped  # 5 speakers of 3 clips: 60 trials, too few for the map
+        for s in sorted(set(names))[5:]:
+            reg.enroll_embeddings(s, x[who == s])
+        impostors = impostor_scores(x, names, normalize=reg.as_norm.score)[0]  # 168 AS-norm trials
+        expected = shipped.adapted(float("nan"), 8, impostors)
+        assert expected.shift != 0
+        assert reg.identify_threshold() == pytest.approx(expected.identify_threshold(8, 0.01), abs=1e-4)
+        # measured in AS-norm's scores, not in cosines
+        assert reg.calibration.shift != pytest.approx(shipped.adapted(
+            float("nan"), 8, impostor_scores(x, names)[0]).shift, abs=1e-3)
+
+
 def test_verify_and_identify_decide_at_their_own_thresholds(encoder):
     reg = SpeakerRegistry(encoder=encoder)
     x, names = voices(40, 1, encoder.dim, seed=1)
@@ -313,3 +335,19 @@ def test_cli_calibrate(cli_registry, clip_rows, tmp_path, capsys):
     assert "registry: labelled clips (6 speakers" in out and "identify     threshold" in out
     assert main(reg + ["calibrate", "--reset"]) == 0
     assert "shipped" in capsys.readouterr().out
+
+
+def test_cross_validated_open_set_adapts_another_scoring_in_its_own_scores():
+    from asit_embed.training.open_set import calibrated_open_set, dev_voices
+
+    x, names = voices(24, 6, 32)
+    enroll = [i for i in range(len(names)) if i % 6 < 3]
+    probe = [i for i in range(len(names)) if i % 6 >= 3]
+    sets = {"set": (x, names, enroll, probe)}
+    double = lambda scores, queries, templates: 2 * scores + 1  # noqa: E731  (a scoring on another scale)
+    cosine, other = dev_voices(list(sets.values())), dev_voices(list(sets.values()), normalize=double)
+    assert cosine["cross_mean"] is not None and other["cross_mean"] is None
+    np.testing.assert_allclose(other["reference"], 2 * cosine["reference"] + 1)
+    out = calibrated_open_set(sets, sizes=[10], splits=2, draws=2, normalize=double, scoring="as-norm")["set"][10]
+    assert {"fpir_shipped", "fpir_adapted", "fpir_own"} <= set(out)
+    assert out["threshold_adapted"] != out["threshold_shipped"]  # 10 speakers of 3 clips: 270 trials, mapped

@@ -91,8 +91,7 @@ def main() -> int:
     calibrations = {}
     for scoring, normalize in (("cosine", None), ("as-norm", as_norm)):
         trials = [(name, *protocol_trials(*sets[name], normalize=normalize)[1:]) for name in args.calibrate_on]
-        # cosine only: an AS-norm score is already relative to the cohort, and is not adapted
-        voices = None if normalize else dev_voices([sets[name] for name in args.calibrate_on])
+        voices = dev_voices([sets[name] for name in args.calibrate_on], normalize=normalize)
         calibrations[scoring] = pooled_calibration(trials, source=source, scoring=scoring, voices=voices)
     so762 = results["speechocean762"]
     threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=as_norm)[:2])[1]

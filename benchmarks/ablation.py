@@ -29,7 +29,7 @@ def recipe(path: Path) -> dict:
     log = read_log(path)
     train = config["train"]
     keep = ("data", "init", "epochs", "epoch_clips", "lr", "layer_decay", "head_warmup_epochs", "speed_speakers",
-            "w_teacher", "balance_corpora", "augment", "max_minutes")
+            "w_teacher", "balance_corpora", "first_corpus_share", "min_crop_frames", "augment", "max_minutes")
     best = min((r for r in log if "dev_eer" in r), key=lambda r: r["dev_eer"])
     return {"checkpoint": str(path / "best.pt"), **{k: train.get(k) for k in keep},
             "train_clips": config.get("train_clips"), "classes": config.get("classes"),

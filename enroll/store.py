@@ -69,7 +69,7 @@ class Store:
         existing = path != ":memory:" and os.path.exists(path)
         if readonly and not existing:
             raise RegistryDatabaseError(f"no registry database at {path!r} to open read-only")
-        if existing and os.path.getsize(path) == 0:
+        if existing and os.path.getsize(path) == 0 and not _grows(path, min(timeout, 2.0)):
             raise RegistryDatabaseError(f"{path!r} is an empty file, not a registry database (a copy taken while "
                                         "the registry was open?); restore a backup, or delete it to start afresh")
         try:
@@ -84,7 +84,7 @@ class Store:
             if existing:
                 self._check_existing()
             if not readonly:
-                self._create()
+                self._create(timeout)
         except sqlite3.Error as err:
             hint = ("; to query it without changing it, open it read-only (readonly=True, --read-only)"
                     if not readonly and "readonly" in str(err) else "")
@@ -94,6 +94,8 @@ class Store:
     def _check_existing(self) -> None:
         """An existing file must be our database, undamaged (``quick_check``) and of a schema we know."""
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables and not self.readonly:
+            return  # a database holding nothing: another process creating this registry has not made its tables yet
         if not OWN_TABLES <= tables:
             raise RegistryDatabaseError(f"{self.path!r} is an SQLite database but not a speaker registry "
                                         f"(tables: {', '.join(sorted(tables)) or 'none'})")
@@ -107,8 +109,8 @@ class Store:
             raise RegistryDatabaseError(f"registry {self.path!r} has schema {schema}, newer than this version "
                                         f"of asit-embed reads ({SCHEMA_VERSION}); upgrade asit-embed")
 
-    def _create(self) -> None:
-        self.db.execute("PRAGMA journal_mode=WAL")
+    def _create(self, timeout: float) -> None:
+        self._write_ahead_log(timeout)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         with self.transaction():
@@ -120,6 +122,21 @@ class Store:
             # a store older than the changes table has recorded changes only from its current version on
             self.db.execute("INSERT OR IGNORE INTO meta SELECT 'changes_since', value FROM meta WHERE key = 'version'")
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _write_ahead_log(self, timeout: float) -> None:
+        """Switch the file to WAL mode. SQLite answers the switch with "database is locked" at once, without
+        waiting on its busy timeout, while another connection holds the file (e.g. a second process creating
+        the same new registry): so it is retried until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         """Close the connection, first folding the write-ahead log into the database file, so that file alone
@@ -460,3 +477,14 @@ def _matrix(blobs: list[bytes]) -> np.ndarray:
 
 
 Store = _wrap_errors(Store)
+
+
+def _grows(path: str, seconds: float) -> bool:
+    """Whether the empty file at ``path`` gets content within ``seconds``: another process creating the same new
+    registry writes its first page within milliseconds, while a truncated copy stays empty."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if os.path.getsize(path) > 0:
+            return True
+    return False

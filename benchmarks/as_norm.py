@@ -1,6 +1,7 @@
 """AS-norm against cosine scoring on both dev sets, for our default and for Resemblyzer.
 
     python benchmarks/as_norm.py        # a few minutes; writes benchmarks/results/as_norm.json
+    python benchmarks/as_norm.py --also "fine-tune=runs/varcrop_long/final.pt"   # + other checkpoints
 
 AS-norm (``SpeakerRegistry(as_norm=True)``, :class:`enroll.scoring.ASNorm`) scores a trial by how far its
 cosine stands above each side's top-N cohort scores. Three scorings per encoder, same protocols and figures
@@ -12,6 +13,8 @@ as ``benchmarks/accuracy.py``:
   (``tools/calibrate.py``); Resemblyzer gets its own embeddings of the same clips;
 - AS-norm, cohort of speaker means: the mean of each speaker's same clips, top 50 (the kind of cohort the
   default shipped before: one mean per training speaker).
+
+``--also LABEL=PATH`` adds other checkpoints, each with its own embeddings of the same cohort clips.
 
 The cohort and its top-N were chosen on these dev sets, so the AS-norm rows are slightly optimistic.
 """
@@ -38,8 +41,13 @@ CLIPS_PER_SPEAKER = 4
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dev_set_options(p)
+    p.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
+                   help="another checkpoint to score the same ways (its own embeddings of the cohort clips)")
     p.add_argument("--result", type=Path, default=RESULTS / "as_norm.json")
     args = p.parse_args()
+    also = [tuple(a.split("=", 1)) for a in args.also]
+    if any(len(a) != 2 for a in also):
+        p.error("--also takes LABEL=PATH")
     require(args.manifest, *args.words)
     sets = dev_sets(args.manifest, args.words)
     train = load_sources([args.manifest, *args.words], role="train")
@@ -54,6 +62,8 @@ def main() -> int:
     teacher = resemblyzer()
     systems = {"asit-embed default": (lambda paths: encoder.embed_batch(paths), shipped.cohort),
                RESEMBLYZER_NAME: ((lambda paths: np.stack([teacher.embed_file(q) for q in paths])), None)}
+    for label, path in also:
+        systems[label] = (load_encoder(path).embed_batch, None)
     rows = []
     for name, (embed, cohort) in systems.items():
         cache = {}
@@ -79,7 +89,7 @@ def main() -> int:
     print_tables(rows, sets)
     args.result.write_text(json.dumps({"fingerprint": encoder.fingerprint, "cohort_clips": len(picked),
                                        "clips_per_speaker": CLIPS_PER_SPEAKER, "top_n": shipped.top_n,
-                                       "rows": rows}, indent=2) + "\n")
+                                       "also": dict(also), "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -256,7 +256,8 @@ def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
                    help="one fixed accept score for both, instead of --fpir / --far")
     g.add_argument("--no-adapt", action="store_true", **d(False),
                    help="use the shipped calibration as it is, not moved to the enrolled voices (from 5 speakers)")
-    g.add_argument("--as-norm", action="store_true", **d(False), help="AS-norm scoring against the shipped cohort")
+    g.add_argument("--as-norm", action=argparse.BooleanOptionalAction, **d(None),
+                   help="AS-norm scoring against the shipped cohort, or not (default: as the checkpoint recommends)")
     g.add_argument("--vad", action="store_true", **d(False),
                    help="keep only the speech of every clip (Silero VAD: pip install 'asit-embed[vad]')")
     g.add_argument("--json", action="store_true", **d(False), help="machine-readable output")

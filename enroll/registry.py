@@ -47,7 +47,9 @@ class SpeakerRegistry:
         fpir: identification's operating point: the share of unknown callers :meth:`identify` accepts as
             someone enrolled, *at the registry's current size* (the threshold rises as speakers enroll).
         threshold: a fixed score at or above which both accept, instead of the calibrated operating points.
-        as_norm: score with adaptive symmetric normalisation against a cohort.
+        as_norm: score with adaptive symmetric normalisation against a cohort; ``None`` (the default): as
+            the checkpoint recommends (its ``scoring`` metadata, ``"as-norm"`` or ``"cosine"``; cosine when
+            it names none).
         cohort: ``(m, dim)`` cohort embeddings for AS-norm, each side scored against its top 50; default:
             the training clips shipped with the checkpoint, with its ``cohort_top_n``.
         index: an :class:`IndexConfig`, or its ``kind``: ``"auto"`` (exact search below 20 000 speakers,
@@ -69,7 +71,7 @@ class SpeakerRegistry:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, encoder=None, far: float = DEFAULT_FAR,
-                 fpir: float = DEFAULT_FPIR, threshold: float | None = None, as_norm: bool = False,
+                 fpir: float = DEFAULT_FPIR, threshold: float | None = None, as_norm: bool | None = None,
                  cohort: np.ndarray | None = None, index: IndexConfig | str = "auto", vad: bool | None = None,
                  readonly: bool = False, adapt: bool = True):
         if encoder is None:
@@ -97,6 +99,8 @@ class SpeakerRegistry:
         self._check_encoder()
         meta = getattr(encoder, "metadata", {}) or {}
         self.as_norm = None
+        if as_norm is None:
+            as_norm = meta.get("scoring") == "as-norm"
         if as_norm:
             self.as_norm = ASNorm.from_metadata(meta, cohort)
             if self.as_norm is None:

@@ -129,7 +129,7 @@ class Service:
 
 
 def create_app(registry_path: str | os.PathLike, *, encoder=None, threshold: float | None = None,
-               as_norm: bool = False, far: float = 0.01, fpir: float = 0.01, vad: bool | None = None,
+               as_norm: bool | None = None, far: float = 0.01, fpir: float = 0.01, vad: bool | None = None,
                max_upload_mb: float = 20.0,
                max_seconds: float = 60.0, max_files: int = 20, max_request_seconds: float = 300.0,
                allowed_hosts=LOOPBACK_HOSTS, token: str | None = None, readonly: bool = False,

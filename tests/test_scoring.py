@@ -79,6 +79,25 @@ def test_registry_without_a_cohort_says_so(encoder):
         assert reg.as_norm.top_n == 20
 
 
+def test_the_checkpoint_names_the_default_scoring(encoder):
+    from asit_embed import SpeakerEncoder
+    from asit_embed.checkpoint import Checkpoint
+
+    with SpeakerRegistry(encoder=encoder) as reg:  # the shipped checkpoint's, or cosine where it names none
+        assert reg.scoring == encoder.metadata.get("scoring", "cosine")
+    meta = {k: v for k, v in encoder.metadata.items() if k != "scoring"}
+    with SpeakerRegistry(encoder=SpeakerEncoder(Checkpoint(encoder.config, encoder.model.state_dict(), meta),
+                                                precision="float32")) as reg:
+        assert reg.scoring == "cosine" and reg.as_norm is None
+    meta = {**meta, "scoring": "as-norm"}
+    recommends = SpeakerEncoder(Checkpoint(encoder.config, encoder.model.state_dict(), meta), precision="float32")
+    with SpeakerRegistry(encoder=recommends) as reg:
+        assert reg.scoring == "as-norm" and reg.as_norm is not None
+        assert reg.calibration.scoring == "as-norm"  # and the operating points of that scoring
+    with SpeakerRegistry(encoder=recommends, as_norm=False) as reg:  # the caller decides over it
+        assert reg.scoring == "cosine" and reg.calibration.scoring == "cosine"
+
+
 def test_cohort_takes_evenly_spaced_clips_of_every_speaker():
     paths = [f"b/{i:02d}.wav" for i in range(20)] + ["a/2.wav", "a/1.wav"]
     speakers = ["b"] * 20 + ["a", "a"]

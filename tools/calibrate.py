@@ -55,6 +55,8 @@ def main() -> int:
     p.add_argument("--calibrate-on", nargs="+", choices=("speechocean762", "words"), default=["speechocean762"],
                    help="dev sets whose impostor trials make the shipped calibration")
     p.add_argument("--hop-frames", type=int, help="hop between the windows of a long clip (default: the checkpoint's)")
+    p.add_argument("--scoring", choices=("cosine", "as-norm"), default="cosine",
+                   help="the scoring a registry uses with this checkpoint unless told otherwise")
     p.add_argument("--cohort-clips", type=int, default=4, help="AS-norm cohort: clips per training speaker")
     p.add_argument("--cohort-top-n", type=int, default=200, help="AS-norm: the top cohort scores each side's "
                                                                   "statistics come from")
@@ -96,7 +98,8 @@ def main() -> int:
     so762 = results["speechocean762"]
     threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=as_norm)[:2])[1]
 
-    metadata = {**ckpt.metadata, "threshold": so762.eer_threshold, "threshold_asnorm": threshold_asnorm,
+    metadata = {**ckpt.metadata, "scoring": args.scoring, "threshold": so762.eer_threshold,
+                "threshold_asnorm": threshold_asnorm,
                 "cohort": torch.from_numpy(cohort.astype(np.float32)).half(), "cohort_top_n": args.cohort_top_n,
                 "calibrations": {k: c.to_dict() for k, c in calibrations.items()},
                 "calibration": {"data": "role=dev of speechocean762 (5 enrollment clips each) and of the word corpora "
@@ -110,7 +113,7 @@ def main() -> int:
     items = dev["speechocean762"]
     res16 = evaluate_embeddings(shipped.embed_batch([it.path for it in items]), [it.speaker for it in items],
                                 [it.path for it in items])
-    report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "size_mb": round(args.out.stat().st_size / 2**20, 2),
+    report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "scoring": args.scoring, "size_mb": round(args.out.stat().st_size / 2**20, 2),
               "fingerprint": shipped.fingerprint, "threshold": so762.eer_threshold, "threshold_asnorm": threshold_asnorm,
               "identify_threshold_at_fpir_1pct": {scoring: {n: round(c.identify_threshold(n, 0.01), 4) for n in FPIR_SIZES}
                                                   for scoring, c in calibrations.items()},

@@ -127,6 +127,13 @@ def enrollment_templates(x: np.ndarray, speakers: Sequence[str], enroll: Sequenc
     return templates / np.linalg.norm(templates, axis=1, keepdims=True)
 
 
+def template_scores(queries: np.ndarray, templates: np.ndarray, normalize: Callable | None = None) -> np.ndarray:
+    """``(queries, templates)`` cosines of unit ``queries`` against unit ``templates``, mapped by
+    ``normalize(cosines, queries, templates)`` to another scoring when given (e.g. AS-norm)."""
+    scores = queries @ templates.T
+    return scores if normalize is None else normalize(scores, queries, templates)
+
+
 def open_set_identification(x: np.ndarray, speakers: Sequence[str], enroll: Sequence[int], probe: Sequence[int], *,
                             fpir: float = 0.01, splits: int = 20, seed: int = 0,
                             normalize: Callable | None = None) -> dict:
@@ -148,11 +155,8 @@ def open_set_identification(x: np.ndarray, speakers: Sequence[str], enroll: Sequ
         templates = enrollment_templates(x, speakers, [i for i in enroll if speakers[i] in known], known_names)
         genuine = [i for i in probe if speakers[i] in known]
         strangers = [i for i in probe if speakers[i] not in known]
-        g_scores, s_scores = x[genuine] @ templates.T, x[strangers] @ templates.T
-        if normalize is not None:
-            g_scores = normalize(g_scores, x[genuine], templates)
-            s_scores = normalize(s_scores, x[strangers], templates)
-        s_best = s_scores.max(1)
+        g_scores = template_scores(x[genuine], templates, normalize)
+        s_best = template_scores(x[strangers], templates, normalize).max(1)
         right = np.array(known_names)[g_scores.argmax(1)] == np.array([speakers[i] for i in genuine])
         g_best = np.where(right, g_scores.max(1), -np.inf)  # a wrong name is a miss at any threshold
         threshold = np.quantile(s_best, 1 - fpir, method="higher")
@@ -199,9 +203,7 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
         raise ValueError(f"at least 2 speakers are needed, got {names}")
     label = {s: i for i, s in enumerate(names)}
     templates = enrollment_templates(x, speakers, enroll, names)
-    scores = x[probe] @ templates.T                        # (probes, speakers)
-    if normalize is not None:
-        scores = normalize(scores, x[probe], templates)
+    scores = template_scores(x[probe], templates, normalize)  # (probes, speakers)
     truth = np.array([label[speakers[i]] for i in probe])
     rows = np.arange(len(probe))
     target = scores[rows, truth]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from asit_embed.training.metrics import enrollment_templates
+from asit_embed.training.metrics import enrollment_templates, template_scores
 
 
 def protocol_trials(x: np.ndarray, speakers: Sequence[str], enroll: Sequence[int], probe: Sequence[int],
@@ -24,17 +24,12 @@ def protocol_trials(x: np.ndarray, speakers: Sequence[str], enroll: Sequence[int
     keep = set(names)
     templates = enrollment_templates(x, speakers, [i for i in enroll if speakers[i] in keep], names)
     probes = [i for i in probe if speakers[i] in keep]
-    scores = _score(x[probes], templates, normalize)
+    scores = template_scores(x[probes], templates, normalize)
     own = np.array([names.index(speakers[i]) for i in probes])
     mask = np.ones_like(scores, dtype=bool)
     mask[np.arange(len(probes)), own] = False
     return (scores[np.arange(len(probes)), own], scores[mask],
             np.repeat(np.array([speakers[i] for i in probes]), len(names) - 1))
-
-
-def _score(queries: np.ndarray, templates: np.ndarray, normalize: Callable | None) -> np.ndarray:
-    scores = queries @ templates.T
-    return scores if normalize is None else normalize(scores, queries, templates)
 
 
 def pooled_calibration(trials: Sequence[tuple[str, np.ndarray, np.ndarray]], *, source: str,
@@ -139,10 +134,11 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
                     known, strangers = sorted(perm[:size]), set(perm[size:])
                     templates = enrollment_templates(x, speakers, [i for i in enroll if speakers[i] in set(known)], known)
                     genuine = [i for i in probe if speakers[i] in set(known)]
-                    g = _score(x[genuine], templates, normalize)
+                    g = template_scores(x[genuine], templates, normalize)
                     right = np.array(known)[g.argmax(1)] == np.array([speakers[i] for i in genuine])
                     g_best = np.where(right, g.max(1), -np.inf)
-                    s_best = _score(x[[i for i in probe if speakers[i] in strangers]], templates, normalize).max(1)
+                    calls = [i for i in probe if speakers[i] in strangers]
+                    s_best = template_scores(x[calls], templates, normalize).max(1)
                     row = acc.setdefault(name, {}).setdefault(size, {})
                     row.setdefault("draws", []).append(1)
                     known_clips = [i for i in enroll if speakers[i] in set(known)]

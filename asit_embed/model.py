@@ -121,15 +121,21 @@ class ASiTEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
-    def _pos_embed(self, n_time: int) -> torch.Tensor:
-        """Positional table for ``n_time`` patch columns: cropped when shorter, interpolated when longer."""
+    def _pos_embed(self, valid: torch.Tensor, n_time: int) -> torch.Tensor:
+        """Positional tables ``(batch, n_time * freq_patches, width)`` for clips of ``valid`` patch columns
+        each: the stored table cropped for a clip no longer than it, stretched along time for a longer one
+        (linear, as ``F.interpolate(mode="bilinear", align_corners=False)`` stretches it: the frequency axis
+        keeps its size). Written as a gather with tensor arithmetic rather than one ``F.interpolate`` per clip,
+        so a traced graph (the ONNX export) stays dynamic in batch and length."""
         c = self.config
-        table = self.pos_embed.view(1, -1, c.freq_patches, c.width)  # (1, T'max, F', D)
-        if n_time > table.shape[1]:
-            table = F.interpolate(
-                table.permute(0, 3, 2, 1), size=(c.freq_patches, n_time), mode="bilinear", align_corners=False
-            ).permute(0, 3, 2, 1)
-        return table[:, :n_time].flatten(1, 2)
+        table = self.pos_embed.view(-1, c.freq_patches, c.width)  # (T'max, F', D)
+        size = table.shape[0]
+        scale = (size / valid.clamp(min=1).to(table.dtype)).clamp(max=1.0)[:, None]  # 1: cropped
+        src = ((torch.arange(n_time, device=table.device, dtype=table.dtype)[None, :] + 0.5) * scale - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=size - 1)
+        i1 = (i0 + 1).clamp(max=size - 1)
+        w = (src - i0.to(table.dtype))[..., None, None]
+        return (table[i0] * (1 - w) + table[i1] * w).flatten(1, 2)
 
     def _valid_time(self, lengths: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -158,12 +164,9 @@ class ASiTEncoder(nn.Module):
             raise ValueError(f"input has {spec.shape[2]} frames; at least {c.min_frames} are needed")
         x = self.patch_embed(spec)
         n_time = x.shape[1] // c.freq_patches
-        if lengths is None or n_time <= self.pos_embed.shape[1] // c.freq_patches:
-            x = x + self._pos_embed(n_time)
-        else:
-            # Interpolation depends on the length, so each clip gets the table stretched to its own length.
-            x = x + torch.cat([F.pad(self._pos_embed(t), (0, 0, 0, (n_time - t) * c.freq_patches))
-                               for t in self._valid_time(lengths).clamp(min=1).tolist()])
+        # Each clip gets the table for its own length (stretched past the training crop's length).
+        valid = torch.full((x.shape[0],), n_time, device=x.device) if lengths is None else self._valid_time(lengths)
+        x = x + self._pos_embed(valid, n_time)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         mask = None if lengths is None else self.token_mask(lengths, x.shape[1] - 1)
         attn_mask = None if mask is None else F.pad(mask, (1, 0), value=True)

@@ -29,6 +29,23 @@ def test_onnx_backend_matches_torch(encoder, onnx_encoder, clip_rows):
     assert onnx_encoder.fingerprint == encoder.fingerprint
 
 
+def test_onnx_graph_stretches_positions_past_the_training_crop(encoder, onnx_encoder):
+    """Windows longer than the 2 s training crop get the positional table stretched to each clip's own
+    length; the exported graph must do that for any batch and length, not only the example it was traced on."""
+    import torch
+
+    c = encoder.config
+    for lengths in ([350, 260, 120], [c.crop_frames + 1], [500, c.crop_frames]):
+        spec = torch.randn(len(lengths), c.n_mels, max(lengths), generator=torch.Generator().manual_seed(0))
+        for row, n in enumerate(lengths):
+            spec[row, :, n:] = 0
+        lengths = torch.tensor(lengths)
+        with torch.no_grad():
+            ref = torch.nn.functional.normalize(encoder.model(spec, lengths), dim=1)
+        out = torch.nn.functional.normalize(torch.as_tensor(onnx_encoder._network(spec, lengths)).float(), dim=1)
+        assert ((ref * out).sum(1) >= 0.9999).all(), lengths
+
+
 def test_onnx_backend_falls_back_with_a_clear_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("ASIT_EMBED_CACHE", str(tmp_path))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed

@@ -35,8 +35,13 @@ no labels beyond enrollment are needed — once it holds :data:`ADAPT_MIN_SPEAKE
   within 0.9-1.1: a steeper or flatter map is more often noise than voices.
 - With fewer trials, a shift by how much the mean cosine between clips of *different* speakers
   (:func:`cross_speaker_mean`) differs from the calibration data's: the steadiest statistic a handful of
-  speakers gives. Cosine only: a mean cosine says nothing about AS-norm's scale, so an AS-norm calibration
-  records no ``cross_mean`` and is adapted only from enough trials.
+  speakers gives.
+
+Only cosine calibrations are adapted. AS-norm already scores each trial against a cohort of other voices,
+and mapping its table as well overshot on the dev sets (``benchmarks/open_set.py`` up to commit b9c21e1,
+which did): strangers let through at a 1 % target rose to 2.4 % (speechocean762) and 3.6 % (one-second
+words) once adapted, where the table as fitted stays under 1 %. So an AS-norm calibration records nothing
+to adapt by.
 
 Nothing here is a dependency's: SpeechBrain and scikit-learn give EER/minDCF and DET curves of a score set,
 not a stored, size-aware operating point.
@@ -148,17 +153,22 @@ class Calibration:
         return cls(tuple(round(float(v), 6) for v in s_at), int(len(s)), n_speakers, source, scoring,
                    float(confidence), None if cross_mean is None else round(float(cross_mean), 6), ref)
 
+    @property
+    def adaptable(self) -> bool:
+        """Whether :meth:`adapted` can map this table: a cosine one that recorded what to compare with."""
+        return self.scoring == "cosine" and (self.cross_mean is not None or self.reference is not None)
+
     def adapted(self, cross_mean: float, n_speakers: int, impostors=None) -> Calibration:
         """This table mapped to a registry's voices (see the module's notes): its enrolled speakers'
         :func:`cross_speaker_mean` ``cross_mean``, their number ``n_speakers``, and their clips'
         :func:`impostor_scores` ``impostors`` (optional). Unchanged with fewer than
-        :data:`ADAPT_MIN_SPEAKERS` speakers or when this calibration recorded nothing to compare with.
+        :data:`ADAPT_MIN_SPEAKERS` speakers or when it is not :attr:`adaptable`.
 
         >>> cal = Calibration((0.9, 0.5), 200, 10, "dev", cross_mean=0.1)
         >>> cal.adapted(0.25, 8).scores, cal.adapted(0.25, 3).scores
         ((1.05, 0.65), (0.9, 0.5))
         """
-        if n_speakers < ADAPT_MIN_SPEAKERS:
+        if n_speakers < ADAPT_MIN_SPEAKERS or not self.adaptable:
             return self
         impostors = None if impostors is None else np.asarray(impostors, dtype=np.float64).ravel()
         if self.reference is not None and impostors is not None and len(impostors) >= MIN_TRIALS:

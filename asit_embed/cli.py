@@ -174,18 +174,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     items = load_sources(args.data, role=args.role)
     protocol = {**PROTOCOLS[args.protocol], **{k: getattr(args, k) for k in ("n_enroll", "max_probes", "min_clips")
                                                 if getattr(args, k) is not None}}
+    scoring = encoder.metadata.get("scoring", "cosine") if args.scoring == "checkpoint" else args.scoring
+    normalize = None
+    if scoring == "as-norm":
+        from enroll.scoring import ASNorm  # the registry's own AS-norm, so the figures are what it scores
+
+        as_norm = ASNorm.from_metadata(encoder.metadata)
+        if as_norm is None:
+            raise SystemExit("error: --scoring as-norm needs a checkpoint that carries an AS-norm cohort "
+                             "(tools/calibrate.py writes one)")
+        normalize = as_norm.score
     emb = encoder.embed_batch([it.path for it in items], progress=args.progress)
     res = evaluate_embeddings(emb, [it.speaker for it in items], [it.path for it in items], open_set=True,
-                              **protocol)
+                              normalize=normalize, **protocol)
     speakers, keys = [it.speaker for it in items], [it.path for it in items]
     x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    table = (encoder.metadata.get("calibrations") or {}).get("cosine")
+    table = (encoder.metadata.get("calibrations") or {}).get(scoring)
     shipped = None if table is None else Calibration.from_dict(table)
     calibrated = calibrated_open_set({args.protocol: (x, speakers, *enrollment_split(keys, speakers, **protocol))},
-                                     sizes=args.sizes, fpir=args.fpir, shipped=shipped).get(args.protocol, {})
+                                     sizes=args.sizes, fpir=args.fpir, shipped=shipped, normalize=normalize,
+                                     scoring=scoring).get(args.protocol, {})
     summary = {"checkpoint": str(args.checkpoint or "default"), "data": [str(d) for d in args.data],
                "role": args.role, "protocol": {"name": args.protocol, **protocol}, "precision": encoder.precision,
-               **res.summary(),
+               "scoring": scoring, **res.summary(),
                "calibrated_open_set": {"fpir_target": args.fpir,
                                        "shipped": "the checkpoint's" if shipped else "cross-validated (checkpoint has none)",
                                        **{str(k): v for k, v in calibrated.items() if k != "det"}}}
@@ -301,6 +312,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     v.add_argument("--min-clips", type=int, help="override the protocol's fewest clips for a speaker to count")
     v.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
     v.add_argument("--device", default="cpu", help="where the network runs: cpu, cuda, cuda:1, ...")
+    v.add_argument("--scoring", choices=("checkpoint", "cosine", "as-norm"), default="checkpoint",
+                   help="how trials are scored: as a registry does by default with this checkpoint (its "
+                        "'scoring' metadata), cosine, or AS-norm against the cohort the checkpoint carries")
     v.add_argument("--out", help="write the JSON summary here")
     v.add_argument("--plot", help="write score histograms + DET curve to this PNG")
     v.add_argument("--fpir", type=float, default=0.01,

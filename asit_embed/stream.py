@@ -6,8 +6,8 @@ encoder reads them as a stream instead, so memory is bounded by a block, whateve
 
 1. **First pass**: decode, validate (finite samples, not silent, long enough) and sum the log-mel frames,
    for the per-utterance mean that the features subtract (``cmn``), and count them.
-2. **Second pass**: decode again, normalise each block of frames with that mean, cut the same 2 s windows
-   as in one piece, and embed them a batch at a time, summing their unit embeddings.
+2. **Second pass**: decode again, normalise each block of frames with that mean, cut the same windows as
+   in one piece, and embed them a batch at a time, summing their unit embeddings.
 
 Each stage works on blocks that reproduce what the whole-signal path computes: the resampler's blocks start
 on the rates' common period with the same context (:func:`asit_embed.audio.resample`), fbank frames depend

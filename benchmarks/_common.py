@@ -37,6 +37,17 @@ def dev_sets(manifest: Path, words: Sequence[Path]) -> dict:
             "words": (load_sources(list(words), role="dev"), "words")}
 
 
+def training_cohort(manifest: Path, words: Sequence[Path], per_speaker: int = 4) -> tuple[list[str], list[str]]:
+    """The AS-norm cohort ``tools/calibrate.py`` ships, as clips: ``per_speaker`` clips of every ``train``
+    speaker of the three corpora (paths, speakers)."""
+    from asit_embed.training.data import load_sources
+    from enroll.scoring import cohort_clips
+
+    train = load_sources([manifest, *words], role="train")
+    picked = cohort_clips([it.path for it in train], [it.speaker for it in train], per_speaker)
+    return [train[i].path for i in picked], [train[i].speaker for i in picked]
+
+
 def score(embed: Callable[[list[str]], np.ndarray], sets: dict, normalize: Callable | None = None) -> dict:
     """``embed(paths) -> (n, dim)`` scored on every dev set of :func:`dev_sets` with its protocol: top-1, EER,
     minDCF, open-set EER, TPIR at FPIR 1 % (``{set name: summary}``); ``normalize``: a scoring other than

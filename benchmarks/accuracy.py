@@ -1,11 +1,13 @@
 """Accuracy on unseen speakers, on both dev sets: our encoder vs the peers a user could pick instead.
 
-    python benchmarks/accuracy.py [--previous PATH] [--ecapa-minutes 89] [--skip-ecapa] [--out runs/ecapa]
+    python benchmarks/accuracy.py [--previous PATH] [--also LABEL=PATH] [--ecapa-minutes 89] [--skip-ecapa] [--out runs/ecapa]
 
 Systems (each row scored on each dev set with that set's protocol, :data:`asit_embed.training.metrics.PROTOCOLS`):
 
 - asit-embed, the shipped default (``--checkpoint`` scores another one), and ``--previous PATH``: an earlier
-  default, e.g. ``git show <rev>:asit_embed/pretrained/default.pt > runs/previous_default.pt``.
+  default, e.g. ``git show <rev>:asit_embed/pretrained/default.pt > runs/previous_default.pt`` (more with
+  ``--also LABEL=PATH``). Each is scored as a registry scores with it by default: AS-norm against the cohort
+  it carries where its metadata names AS-norm (then with a cosine row as well), cosine otherwise.
 - Resemblyzer 0.1.4 off the shelf (``pip install 'asit-embed[train]'``), as its README uses it.
 - ECAPA-TDNN (C=512, 80-dim SpeechBrain ``Fbank`` with per-utterance mean normalisation, 192-dim embedding;
   ``benchmarks/peers.py``) trained by our own training loop (``asit_embed.training.train.train``) on the
@@ -41,13 +43,14 @@ from asit_embed.training.augment import AugmentConfig  # noqa: E402
 from asit_embed.training.metrics import PROTOCOLS  # noqa: E402
 from asit_embed.training.runs import read_log, seed_all  # noqa: E402
 from asit_embed.training.train import TrainConfig, train  # noqa: E402
+from enroll.scoring import ASNorm  # noqa: E402
 
 # ECAPA's default budget: the supervised training budget of our earlier models (the from-scratch one used
 # 68 + 21 min; the previous default, fine-tuned from 33 min of self-supervised pretraining, 78).
 TRAINING_BUDGET_MINUTES = 89
 # The shipped model's training on 2 cores (asit_embed/pretrained/MODEL_CARD.md): 33 min of pretraining, 78 min
 # of fine-tuning (the previous default), then 55 min of fine-tuning on the three corpora with the teacher.
-SHIPPED_TRAINING_MINUTES = 33 + 78 + 55
+SHIPPED_TRAINING_MINUTES = 33 + 78 + 34  # the previous default's recipe, then the 1-2 s crop fine-tune
 
 
 def train_ecapa(args) -> dict | None:
@@ -74,11 +77,24 @@ def train_ecapa(args) -> dict | None:
     return row
 
 
-def ours(path: Path | None, name: str, minutes) -> tuple[dict, object]:
+def ours(path: Path | None, name: str, minutes) -> list[tuple[dict, object, object]]:
+    """Rows for one of our checkpoints, scored as a registry scores by default (its ``scoring`` metadata);
+    a checkpoint that names AS-norm gets a cosine row too (``as_norm=False``)."""
     encoder = load_encoder(path)
     row = {"system": name, "params": sum(p.numel() for p in encoder.model.parameters()), "train_minutes": minutes,
            "fingerprint": encoder.fingerprint}
-    return row, lambda paths: encoder.embed_batch(paths)
+    cache: dict = {}
+
+    def embed(paths):  # both rows score the same embeddings
+        key = tuple(paths)
+        if key not in cache:
+            cache[key] = encoder.embed_batch(paths)
+        return cache[key]
+
+    if encoder.metadata.get("scoring") != "as-norm":
+        return [({**row, "scoring": "cosine"}, embed, None)]
+    return [({**row, "scoring": "as-norm"}, embed, ASNorm.from_metadata(encoder.metadata).score),
+            ({**row, "system": f"{name}, cosine", "scoring": "cosine"}, embed, None)]
 
 
 def main() -> int:
@@ -86,6 +102,8 @@ def main() -> int:
     add_dev_set_options(p)
     p.add_argument("--checkpoint", type=Path, help="our encoder to score (default: the shipped one)")
     p.add_argument("--previous", type=Path, help="an earlier default checkpoint to score beside it")
+    p.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
+                   help="another checkpoint to score beside it, under LABEL (repeatable)")
     p.add_argument("--train-data", type=Path, nargs="+", help="ECAPA's training manifests (default: all three)")
     p.add_argument("--ecapa-minutes", type=float, default=TRAINING_BUDGET_MINUTES)
     p.add_argument("--epochs", type=int, default=56, help="length of ECAPA's lr schedule (the budget may stop it first)")
@@ -104,21 +122,22 @@ def main() -> int:
     rows = []
     ecapa = train_ecapa(args)
     minutes = SHIPPED_TRAINING_MINUTES if args.checkpoint is None else None
-    systems = [ours(args.checkpoint, "asit-embed default" if args.checkpoint is None else f"asit-embed {args.checkpoint}",
-                    minutes)]
-    if args.previous:
-        systems.append(ours(args.previous, "asit-embed previous default", None))
+    systems = ours(args.checkpoint, "asit-embed default" if args.checkpoint is None else f"asit-embed {args.checkpoint}",
+                   minutes)
+    for label, path in [("asit-embed previous default", args.previous), *(a.split("=", 1) for a in args.also)]:
+        if path:
+            systems += ours(Path(path), label, None)
     teacher = resemblyzer()
     systems.append(({"system": RESEMBLYZER_NAME, "params": sum(p.numel() for p in teacher.encoder.parameters()),
-                     "train_minutes": None},
-                    lambda paths: np.stack([teacher.embed_file(q) for q in paths])))
+                     "train_minutes": None, "scoring": "cosine"},
+                    lambda paths: np.stack([teacher.embed_file(q) for q in paths]), None))
     if ecapa is not None:
         model = load_ecapa(args.out / "best.pt")
-        systems.append((ecapa, lambda paths: model.embed([load_audio(q) for q in paths])))
-    systems.append(({"system": MFCC_NAME, "params": 0, "train_minutes": 0},
-                    lambda paths: np.stack([mfcc_stats(q) for q in paths])))
-    for row, embed in systems:
-        rows.append({**row, **score(embed, sets)})
+        systems.append(({**ecapa, "scoring": "cosine"}, lambda paths: model.embed([load_audio(q) for q in paths]), None))
+    systems.append(({"system": MFCC_NAME, "params": 0, "train_minutes": 0, "scoring": "cosine"},
+                    lambda paths: np.stack([mfcc_stats(q) for q in paths]), None))
+    for row, embed, normalize in systems:
+        rows.append({**row, **score(embed, sets, normalize)})
         print(f"scored {row['system']}", file=sys.stderr)
 
     print_tables(rows, sets)

@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score, training_cohort  # noqa: E402
 from peers import RESEMBLYZER_NAME, resemblyzer  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
-from asit_embed.training.data import load_sources  # noqa: E402
 from asit_embed.training.metrics import enrollment_templates  # noqa: E402
-from enroll.scoring import DEFAULT_TOP_N, ASNorm, cohort_clips  # noqa: E402
+from enroll.scoring import DEFAULT_TOP_N, ASNorm  # noqa: E402
 
 CLIPS_PER_SPEAKER = 4
 
@@ -50,14 +49,12 @@ def main() -> int:
         p.error("--also takes LABEL=PATH")
     require(args.manifest, *args.words)
     sets = dev_sets(args.manifest, args.words)
-    train = load_sources([args.manifest, *args.words], role="train")
-    picked = cohort_clips([it.path for it in train], [it.speaker for it in train], CLIPS_PER_SPEAKER)
-    cohort_paths, cohort_speakers = [train[i].path for i in picked], [train[i].speaker for i in picked]
+    cohort_paths, cohort_speakers = training_cohort(args.manifest, args.words, CLIPS_PER_SPEAKER)
     speaker_names = sorted(set(cohort_speakers))
 
     encoder = load_encoder()
     shipped = ASNorm.from_metadata(encoder.metadata)
-    if shipped is None or len(shipped.cohort) != len(picked):
+    if shipped is None or len(shipped.cohort) != len(cohort_paths):
         sys.exit("the shipped checkpoint's cohort is not the one tools/calibrate.py builds: recalibrate it")
     teacher = resemblyzer()
     systems = {"asit-embed default": (lambda paths: encoder.embed_batch(paths), shipped.cohort),
@@ -87,7 +84,7 @@ def main() -> int:
                          **score(cached, sets, normalize)})
             print(f"scored {rows[-1]['system']}", file=sys.stderr)
     print_tables(rows, sets)
-    args.result.write_text(json.dumps({"fingerprint": encoder.fingerprint, "cohort_clips": len(picked),
+    args.result.write_text(json.dumps({"fingerprint": encoder.fingerprint, "cohort_clips": len(cohort_paths),
                                        "clips_per_speaker": CLIPS_PER_SPEAKER, "top_n": shipped.top_n,
                                        "also": dict(also), "rows": rows}, indent=2) + "\n")
     return 0

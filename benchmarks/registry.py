@@ -17,7 +17,9 @@ it (the saved index file, loaded as the registry loads it), the exact FAISS flat
 templates as the peer, queries/s of all queries in one ``identify_embeddings`` call, recall@1 against
 exact brute force (numpy over the registry's ``templates()``), for IVF an ``nprobe`` sweep (the registry
 reopened with each ``IndexConfig(nprobe=...)``), and removal: the own speakers of some queries are
-removed, and must then never be returned, also after a reopen.
+removed, and must then never be returned, also after a reopen. The registries score with cosine
+(``as_norm=False``): this measures the index; AS-norm, the shipped default, re-scores each query's best
+50 candidates against the cohort on top of it.
 
 Each size's result is written to ``benchmarks/results/registry.json`` as soon as it is done; a later run
 skips sizes already there unless ``--force``.
@@ -144,7 +146,7 @@ def run_size(n: int, args, encoder) -> dict:
     try:
         path = root / "reg"
         # --- enroll ------------------------------------------------------------------------------------------
-        reg = SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config)
+        reg = SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config, as_norm=False)
         t0 = time.perf_counter()
         for c in range(n // gen.chunk):
             reg.enroll_many(gen.enrollment(c), embeddings=True)
@@ -164,7 +166,7 @@ def run_size(n: int, args, encoder) -> dict:
         gc.collect()
         rss0 = rss_mb()
         t0 = time.perf_counter()
-        reg = SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config)
+        reg = SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config, as_norm=False)
         open_s = time.perf_counter() - t0
         out["open_s"] = round(open_s, 3)
         out["memory_mb"] = {"rss_growth_at_open": round(rss_mb() - rss0, 1), "index_file": out["disk_mb"]["index"]}
@@ -212,7 +214,7 @@ def run_size(n: int, args, encoder) -> dict:
         stats = reg.stats()
         consistent = stats["index"]["size"] == stats["speakers"] == n - len(gone)
         reg.close()
-        with SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config) as reg:
+        with SpeakerRegistry(path, encoder=encoder, threshold=0.5, index=config, as_norm=False) as reg:
             returned |= {m.name for row in reg.identify_embeddings(queries, k=5) for m in row} & set(gone)
             consistent &= reg.stats()["index"]["size"] == n - len(gone)
         out["removal"] = {"removed": len(gone), "ms_per_removal": round(remove_s / len(gone) * 1e3, 3),
@@ -232,7 +234,7 @@ def nprobe_sweep(path: Path, encoder, config: IndexConfig, index: TemplateIndex,
     rows = []
     for nprobe in sorted({p for p in (8, 16, 32, 64, 128, 256, 512, default) if p <= ivf.nlist}):
         ivf.nprobe = nprobe
-        with SpeakerRegistry(path, encoder=encoder, threshold=0.5,
+        with SpeakerRegistry(path, encoder=encoder, threshold=0.5, as_norm=False,
                              index=dataclasses.replace(config, nprobe=nprobe)) as reg:
             assert reg.stats()["index"]["nprobe"] == nprobe
             lat = one_at_a_time(lambda q: reg.identify_embeddings(q, k=5), queries, warmup=5)

@@ -4,7 +4,8 @@ and do its two operating points hold their targets on unseen speakers?
     python benchmarks/registry_dev.py [--checkpoint PATH] [--splits 20]
 
 For each dev set (speechocean762; the word corpora): every speaker enrolled from its protocol enrollment
-clips; top-1 over all probes must equal the protocol's (``asit_embed.training.metrics.evaluate_embeddings``);
+clips; top-1 over all probes must equal the protocol's (``asit_embed.training.metrics.evaluate_embeddings``,
+in the scoring the checkpoint names: cosine or AS-norm);
 verification at ``verify_threshold``: the share of impostor trials accepted (target: ``far`` = 1 %) and of
 target trials rejected. Then open-set identification through real registries: in each of ``--splits``
 random halvings of the speakers, N of one half are enrolled (N = 5, 10 and 20, where the half leaves at
@@ -86,12 +87,15 @@ def main() -> int:
     require(args.manifest, *args.words)
     t0 = time.monotonic()
     encoder = load_encoder(args.checkpoint)
-    report, ok = {"checkpoint": str(args.checkpoint or "default"), "fingerprint": encoder.fingerprint}, True
+    default = SpeakerRegistry(encoder=encoder)  # scores as the checkpoint names (cosine or AS-norm)
+    normalize = default.as_norm.score if default.scoring == "as-norm" else None
+    report, ok = {"checkpoint": str(args.checkpoint or "default"), "fingerprint": encoder.fingerprint,
+                  "scoring": default.scoring}, True
     for name, (items, protocol) in dev_sets(args.manifest, args.words).items():
         emb = encoder.embed_batch([it.path for it in items])
         speakers, keys = [it.speaker for it in items], [it.path for it in items]
         enroll, probe = enrollment_split(keys, speakers, **PROTOCOLS[protocol])
-        reference = evaluate_embeddings(emb, speakers, keys, **PROTOCOLS[protocol])
+        reference = evaluate_embeddings(emb, speakers, keys, normalize=normalize, **PROTOCOLS[protocol])
         ver = verification(encoder, emb, speakers, enroll, probe)
         ver["top1_matches_protocol"] = ver["top1"] == round(reference.top1, 4)
         ok &= ver["top1_matches_protocol"]

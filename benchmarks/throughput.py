@@ -5,7 +5,7 @@
 The same clips for every system: real speech from the bundled clips (``examples/clips``), cut or tiled to
 3 s and 10 s. Each figure is audio-seconds embedded per wall-second, from waveform to embedding (the
 front-end is counted: our fbank + windowing, ECAPA's ``Fbank`` + mean normalisation), with 1 or 16 clips per call
-(our encoder batches a call's 2 s windows 16 at a time, so one long clip is a batch too), the median over ``--repeats`` rounds in which the systems take turns. ECAPA has random weights here (speed does
+(our encoder batches a call's windows 16 at a time, so one long clip is a batch too), the median over ``--repeats`` rounds in which the systems take turns. ECAPA has random weights here (speed does
 not depend on them) and embeds each clip whole, as it is normally used. With ``--bf16`` (the default where the
 CPU has native bfloat16) both our torch backend and ECAPA also run under bfloat16 autocast, so each
 precision has its peer; ``vs_ecapa`` is against float32 ECAPA, ``vs_ecapa_same_precision`` against ECAPA in

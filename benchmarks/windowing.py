@@ -5,7 +5,8 @@
 A setting ``WINDOWxHOP`` (in 10 ms frames) replaces the checkpoint's inference windowing; the weights stay.
 ``hop == window`` splits a long clip evenly into the fewest windows of at most ``window`` frames
 (``SpeakerEncoder.windows``). Every setting is scored on speechocean762 ``dev`` and the word corpora's ``dev``
-(``benchmarks/accuracy.py``'s protocols) and timed on the same clips (speechocean762 ``dev`` clips joined and
+(``benchmarks/accuracy.py``'s protocols), with cosine and with AS-norm against the shipped cohort's clips
+embedded with the same setting (``tools/calibrate.py``'s cohort), and timed on the same clips (speechocean762 ``dev`` clips joined and
 cut into 3 s and 10 s clips, 16 per call) in one run, as real-time factors (median of ``--repeats``) and as a
 ratio to the first setting; the settings take turns in each round. Writes ``benchmarks/results/windowing.json``.
 """
@@ -20,11 +21,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score  # noqa: E402
+from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score, training_cohort  # noqa: E402
 
 from asit_embed import SpeakerEncoder, load_audio  # noqa: E402
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
 from asit_embed.encoder import default_checkpoint_path  # noqa: E402
+from enroll.scoring import DEFAULT_TOP_N, ASNorm  # noqa: E402
 
 
 def setting(text: str) -> tuple[int, int]:
@@ -58,17 +60,30 @@ def main() -> int:
             t0 = time.perf_counter()
             encoders[key].embed_batch(timed[sec], sample_rate=16000, batch_size=16)
             spent.append(time.perf_counter() - t0)
-    rows = []
+    cohort_paths, _ = training_cohort(args.manifest, args.words)
+    top_n = int(ckpt.metadata.get("cohort_top_n", DEFAULT_TOP_N))
+    rows, as_norm_rows = [], []
     for (window, hop), encoder in encoders.items():
         speed = {f"realtime_{sec}s_clips": round(sec * len(timed[sec]) / statistics.median(times[(window, hop), sec]), 1)
                  for sec in timed}
-        rows.append({"system": f"window {window / 100:g} s, hop {hop / 100:g} s", "window_frames": window,
-                     "hop_frames": hop, "precision": encoder.precision, **speed,
-                     **score(lambda paths: encoder.embed_batch(paths), sets)})
+        name = f"window {window / 100:g} s, hop {hop / 100:g} s"
+        cache: dict = {}
+
+        def embed(paths, encoder=encoder, cache=cache):  # each dev set is embedded once, scored both ways
+            key = tuple(paths)
+            if key not in cache:
+                cache[key] = encoder.embed_batch(paths)
+            return cache[key]
+
+        rows.append({"system": name, "window_frames": window, "hop_frames": hop, "precision": encoder.precision,
+                     **speed, **score(embed, sets)})
         rows[-1]["speed_vs_first"] = {k: round(rows[-1][k] / rows[0][k], 2) for k in speed}
-        print(f"{rows[-1]['system']}: {speed} x real time ({rows[-1]['speed_vs_first']} x the first setting)",
-              file=sys.stderr)
-    print_tables(rows, sets)
+        as_norm = ASNorm(encoder.embed_batch(cohort_paths), top_n=top_n)
+        as_norm_rows.append({"system": f"{name}, AS-norm", "window_frames": window, "hop_frames": hop,
+                             **score(embed, sets, as_norm.score)})
+        print(f"{name}: {speed} x real time ({rows[-1]['speed_vs_first']} x the first setting)", file=sys.stderr)
+    print_tables(rows + as_norm_rows, sets)
+    rows += as_norm_rows
     args.result.parent.mkdir(parents=True, exist_ok=True)
     args.result.write_text(json.dumps({"checkpoint": str(args.checkpoint), "rows": rows}, indent=2) + "\n")
     return 0

@@ -22,13 +22,10 @@ DEFAULT_FPIR = 0.01      # identification: share of unknown callers accepted as 
 
 class OperatingPoints:
     """The calibration in force for a registry's ``store`` and ``scoring`` (``"cosine"`` / ``"as-norm"``), and
-    the thresholds at its targets ``far`` (verification) and ``fpir`` (identification). ``normalize(scores,
-    queries, templates)``: the registry's scoring applied to cosines (AS-norm), to measure its own voices in
-    the scores the calibration describes."""
+    the thresholds at its targets ``far`` (verification) and ``fpir`` (identification)."""
 
     def __init__(self, store: Store, dim: int, meta: dict, *, scoring: str, far: float = DEFAULT_FAR,
-                 fpir: float = DEFAULT_FPIR, threshold: float | None = None, adapt: bool = True,
-                 normalize=None):
+                 fpir: float = DEFAULT_FPIR, threshold: float | None = None, adapt: bool = True):
         for what, rate in (("far", far), ("fpir", fpir)):
             if not 0 < rate < 1:
                 raise ValueError(f"{what} must be a rate in (0, 1), got {rate!r}")
@@ -36,7 +33,6 @@ class OperatingPoints:
         self.fixed = None if threshold is None else float(threshold)
         self.scoring = scoring
         self.adapt = bool(adapt)
-        self._normalize = normalize
         self._store, self._dim, self._meta = store, dim, meta
         table = (meta.get("calibrations") or {}).get(scoring)
         self._shipped = None if table is None else Calibration.from_dict(table)
@@ -59,7 +55,7 @@ class OperatingPoints:
         if self._own[1] is not None:
             return self._own[1]
         shipped = self._shipped
-        if shipped is None or not self.adapt or (shipped.cross_mean is None and shipped.reference is None):
+        if shipped is None or not self.adapt or not shipped.adaptable:
             return shipped
         version = self._store.version()
         if self._adapted[0] != version:
@@ -68,7 +64,7 @@ class OperatingPoints:
                 names, x = self._store.clip_sample(ADAPT_SAMPLE_SPEAKERS)
             n, x = len(set(names)), np.asarray(x).reshape(len(names), self._dim)
             self._adapted = (version, shipped if n < ADAPT_MIN_SPEAKERS else shipped.adapted(
-                cross_speaker_mean(x, names), n, impostor_scores(x, names, normalize=self._normalize)[0]))
+                cross_speaker_mean(x, names), n, impostor_scores(x, names)[0]))
         return self._adapted[1]
 
     def verify_threshold(self) -> float:

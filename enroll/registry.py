@@ -107,7 +107,7 @@ class SpeakerRegistry:
                 raise RegistryError("as_norm=True needs a cohort: pass cohort= or use a checkpoint that ships one")
         self.scoring = "as-norm" if as_norm else "cosine"
         self._points = OperatingPoints(self._store, self.dim, meta, scoring=self.scoring, far=far, fpir=fpir,
-                                       threshold=threshold, adapt=adapt, normalize=self._normalize_scores)
+                                       threshold=threshold, adapt=adapt)
         self._index = TemplateIndex(self.dim, IndexConfig(kind=index) if isinstance(index, str) else index)
         self._unsaved = 0   # speaker changes in the in-memory index but not in the index file
         path = self._index_file()

@@ -30,7 +30,7 @@ def main() -> int:
         by_speaker.setdefault(r["speaker"], []).append(CLIPS / r["path"])
     encoder = load_encoder()
     registry = SpeakerRegistry(encoder=encoder)  # in memory; pass a directory to keep it
-    print(f"encoder {encoder.fingerprint}\n")
+    print(f"encoder {encoder.fingerprint}, {registry.scoring} scoring\n")
 
     probes: list[tuple[str, Path]] = []
     for speaker, paths in sorted(by_speaker.items()):
@@ -69,11 +69,11 @@ def main() -> int:
           f"un-enrolled speaker rejected {rejected}/{n_unk}   ({time.monotonic() - t0:.1f} s)")
     print("(accuracy: the right name above the threshold, or \"unknown\" for the un-enrolled speaker; a strict "
           "threshold trades some enrolled callers for strangers kept out)")
-    save_plot(scores, enrolled, probes, registry.threshold)
+    save_plot(scores, enrolled, probes, registry.threshold, registry.scoring)
     return 0
 
 
-def save_plot(scores: np.ndarray, enrolled: list[str], probes, threshold: float) -> None:
+def save_plot(scores: np.ndarray, enrolled: list[str], probes, threshold: float, scoring: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +87,7 @@ def save_plot(scores: np.ndarray, enrolled: list[str], probes, threshold: float)
     for (i, j), v in np.ndenumerate(scores):
         if v >= threshold:
             ax.text(j, i, "✓", ha="center", va="center", color="white", fontsize=8)
-    ax.set_title(f"cosine score, probe × enrolled speaker (✓: ≥ threshold {threshold:.2f})", fontsize=9)
+    ax.set_title(f"{scoring} score, probe × enrolled speaker (✓: ≥ threshold {threshold:.2f})", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(OUT / "demo_scores.png", dpi=110)

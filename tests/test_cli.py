@@ -27,6 +27,11 @@ def test_evaluate_on_bundled_clips(clips_manifest, tmp_path, capsys):
                        "--det", str(tmp_path / "det.png")]) == 0
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["n_speakers"] == 6 and summary["n_probes"] == 18 and 0 <= summary["eer"] <= 1
+    assert summary["scoring"] == "as-norm"  # as a registry scores with the shipped checkpoint
+    assert embed_main(["evaluate", "--data", str(clips_manifest), "--n-enroll", "3", "--scoring", "cosine",
+                       "--sizes", "1", "--out", str(tmp_path / "c.json")]) == 0
+    cosine = json.loads((tmp_path / "c.json").read_text())
+    assert cosine["scoring"] == "cosine" and cosine["eer_threshold"] < 1 < summary["eer_threshold"]
     assert (tmp_path / "r.png").stat().st_size > 1000
     # open set at the shipped operating point: one of three speakers enrolled, the other two call in
     open_set = summary["calibrated_open_set"]

@@ -55,17 +55,31 @@ def test_long_file_is_windowed_in_bounded_memory(encoder, clip_rows, tmp_path):
     sf.write(path, long, 16000)
     emb = encoder.embed(path)
     assert emb.shape == (encoder.dim,) and np.isfinite(emb).all()
-    assert len(encoder.windows(18000)) > 100
+    assert len(encoder.windows(18000)) >= 18000 // encoder.config.window_frames
     # still the same speaker as one of its clips
     assert similarity(emb, encoder.embed(waves[0], 16000)) > 0.5
 
 
-def test_windows_cover_the_clip(encoder):
-    c = encoder.config
-    assert encoder.windows(c.window_frames) == [(0, c.window_frames)]
-    wins = encoder.windows(c.window_frames * 3 + 7)
-    assert wins[0][0] == 0 and wins[-1][1] == c.window_frames * 3 + 7
-    assert all(b - a == c.window_frames for a, b in wins)
+def windowed(encoder, window, hop):
+    """The same weights with other inference windows."""
+    from asit_embed.checkpoint import Checkpoint
+
+    config = encoder.config.replace(window_frames=window, hop_frames=hop)
+    return SpeakerEncoder(Checkpoint(config, encoder.model.state_dict()), precision="float32")
+
+
+@pytest.mark.parametrize("window, hop", [(200, 100), (200, 150), (300, 300), (None, None)])
+def test_windows_cover_the_clip(encoder, window, hop):
+    enc = encoder if window is None else windowed(encoder, window, hop)  # None: the shipped windows
+    c = enc.config
+    assert enc.windows(c.window_frames) == [(0, c.window_frames)]
+    total = c.window_frames * 3 + 7
+    wins = enc.windows(total)
+    assert wins[0][0] == 0 and wins[-1][1] == total
+    if c.hop_frames < c.window_frames:  # overlapping windows of the full length, the last aligned to the end
+        assert all(b - a == c.window_frames for a, b in wins)
+    else:                               # an even split
+        assert wins == even_spans(total, c.window_frames)
 
 
 @pytest.mark.parametrize("total", [201, 298, 399, 400, 401, 998, 1999, 18000])
@@ -79,17 +93,13 @@ def test_even_spans_are_the_fewest_equal_windows_that_cover(total):
 
 
 def test_hop_equal_to_window_splits_long_clips_evenly(encoder, clip_rows):
-    from asit_embed.checkpoint import Checkpoint
-
-    c = encoder.config
-    even = SpeakerEncoder(Checkpoint(c.replace(hop_frames=c.window_frames), encoder.model.state_dict()),
-                          precision="float32")
-    assert even.windows(c.window_frames) == [(0, c.window_frames)]
-    assert even.windows(298) == [(0, 149), (149, 298)] and len(encoder.windows(298)) == 2
-    assert len(even.windows(998)) == 5 < len(encoder.windows(998))  # fewer than with overlapping windows
+    even, overlapping = windowed(encoder, 200, 200), windowed(encoder, 200, 100)
+    assert even.windows(200) == [(0, 200)]
+    assert even.windows(298) == [(0, 149), (149, 298)] and len(overlapping.windows(298)) == 2
+    assert len(even.windows(998)) == 5 < len(overlapping.windows(998))  # fewer than with overlapping windows
     # the same model, fewer windows: the same speaker, nearly the same vector
     path = max((r["path"] for r in clip_rows), key=lambda p: sf.info(p).duration)
-    assert similarity(even.embed(path), encoder.embed(path)) > 0.95
+    assert similarity(even.embed(path), overlapping.embed(path)) > 0.95
 
 
 def test_bad_input_is_an_audio_error(encoder, tmp_path):
@@ -161,7 +171,9 @@ def test_model_card_describes_the_bundled_checkpoint(encoder):
 
     card = (Path(encoder_module.__file__).parent / "pretrained" / "MODEL_CARD.md").read_text()
     assert re.search(r"\| fingerprint \| `([0-9a-f]{16})`", card).group(1) == encoder.fingerprint
-    cal = Calibration.from_dict(encoder.metadata["calibrations"]["cosine"])
-    verify = re.search(r"Verify threshold \(1 % of impostor trials\): (0\.\d+)", card).group(1)
-    identify = re.search(r"identify threshold with 5 speakers enrolled \(FPIR 1 %\): (0\.\d+)", card).group(1)
+    scoring = encoder.metadata.get("scoring", "cosine")  # what a registry scores with by default
+    assert f"| default scoring | {scoring}" in card
+    cal = Calibration.from_dict(encoder.metadata["calibrations"][scoring])
+    verify = re.search(r"Verify threshold \(1 % of impostor trials\): (-?\d+\.\d+)", card).group(1)
+    identify = re.search(r"identify threshold with 5 speakers enrolled \(FPIR 1 %\): (-?\d+\.\d+)", card).group(1)
     assert verify == f"{cal.verify_threshold(0.01):.3f}" and identify == f"{cal.identify_threshold(5, 0.01):.3f}"

@@ -22,6 +22,10 @@ from enroll.store import Store
 
 STRANGER = "9611"  # the bundled speaker the real-clip tests never enroll
 
+# The index, the store and the decisions are checked against exhaustive cosine search, so most registries
+# here score with cosine (as_norm=False); AS-norm, the shipped checkpoint's default, is checked against its
+# own exhaustive search below and in test_scoring.py.
+
 
 def unit(rng, n, d):
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -30,7 +34,7 @@ def unit(rng, n, d):
 
 @pytest.fixture
 def reg(encoder, tmp_path):
-    r = SpeakerRegistry(tmp_path / "reg", encoder=encoder, threshold=0.5)
+    r = SpeakerRegistry(tmp_path / "reg", encoder=encoder, as_norm=False, threshold=0.5)
     yield r
     r.close()
 
@@ -101,6 +105,26 @@ def test_top_k_equals_brute_force_cosine(reg):
     assert all(row[0].accepted and not row[1].accepted for row in own)
 
 
+def test_top_k_equals_brute_force_as_norm(encoder, tmp_path):
+    """The default scoring of the shipped checkpoint: the index proposes candidates by cosine and AS-norm
+    re-scores them; with fewer speakers than the pool, that is exhaustive AS-norm search."""
+    rng = np.random.default_rng(3)
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder) as reg:
+        assert reg.scoring == encoder.metadata.get("scoring", "cosine") == "as-norm"
+        clips = {f"s{i:02d}": unit(rng, 3, reg.dim) for i in range(40)}
+        for name, embs in clips.items():
+            reg.enroll_embeddings(name, embs)
+        names, templates = reg.templates()
+        queries = np.concatenate([unit(rng, 15, reg.dim), near(reg, names[:10], rng)])
+        truth = reg.as_norm.score(queries @ templates.T, queries, templates)
+        for q_scores, matches in zip(truth, reg.identify_embeddings(queries, k=7)):
+            order = np.argsort(-q_scores)[:7]
+            assert [m.name for m in matches] == [names[j] for j in order]
+            assert np.allclose([m.score for m in matches], q_scores[order], atol=1e-4)
+            assert all(m.accepted == (m.score >= reg.threshold) for m in matches)
+        assert [row[0].name for row in reg.identify_embeddings(queries[15:], k=1)] == names[:10]
+
+
 def test_real_clips_identify_and_unknown(encoder, by_speaker):
     """Five bundled speakers enrolled from three clips each. At the shipped operating point (1 % of strangers
     accepted): a held-out clip of each ranks its speaker first, every accept decision is score >= the
@@ -108,8 +132,8 @@ def test_real_clips_identify_and_unknown(encoder, by_speaker):
     the held-out clips are accepted as well."""
     enrolled = sorted(s for s in by_speaker if s != STRANGER)
     assert len(enrolled) == 5
-    for threshold in (None, 0.5):
-        reg = SpeakerRegistry(encoder=encoder, threshold=threshold)
+    for threshold, as_norm in ((None, None), (None, False), (0.5, False)):
+        reg = SpeakerRegistry(encoder=encoder, threshold=threshold, as_norm=as_norm)
         assert reg.enroll_many({s: by_speaker[s][:3] for s in enrolled}) == 5
         if threshold is None:
             assert reg.threshold == pytest.approx(reg.calibration.identify_threshold(5, 0.01))
@@ -122,10 +146,12 @@ def test_real_clips_identify_and_unknown(encoder, by_speaker):
         strangers = reg.identify_embeddings(encoder.embed_batch(by_speaker[STRANGER]), k=5)
         assert len(strangers) == len(by_speaker[STRANGER]) == 6
         for matches in strangers:
-            assert matches[0].score < reg.threshold and not any(m.accepted for m in matches), matches
+            assert all(m.accepted == (m.score >= reg.threshold) for m in matches)
+            assert threshold is not None or not any(m.accepted for m in matches), matches
         claimed = strangers[-1][0].name  # the enrolled speaker the stranger sounds most like
         impostor = reg.verify(claimed, by_speaker[STRANGER][-1])
-        assert impostor.name == claimed and not impostor.accepted
+        assert impostor.name == claimed and impostor.accepted == (impostor.score >= reg.verify_threshold)
+        assert threshold is not None or not impostor.accepted
         assert impostor.score == pytest.approx(strangers[-1][0].score, abs=1e-4)
         genuine = reg.verify(enrolled[0], by_speaker[enrolled[0]][4])
         assert genuine.name == enrolled[0] and genuine.accepted == (genuine.score >= reg.verify_threshold)
@@ -134,7 +160,7 @@ def test_real_clips_identify_and_unknown(encoder, by_speaker):
 def test_waveforms_need_their_sample_rate(encoder, by_speaker):
     """An array is a waveform only with its sample_rate: without it every audio method refuses it and
     names both fixes; with it, any rate is resampled to the model's."""
-    reg = SpeakerRegistry(encoder=encoder)
+    reg = SpeakerRegistry(encoder=encoder, as_norm=False)
     wave, rate = sf.read(by_speaker["0036"][0], dtype="float32")
     for call, instead in [(lambda: reg.enroll("ada", wave), "enroll_embeddings()"),
                           (lambda: reg.enroll("ada", [by_speaker["0036"][1], wave]), "enroll_embeddings()"),
@@ -204,7 +230,7 @@ def test_to_dict_is_the_json_of_the_cli_and_http_api():
 
 
 def test_operating_settings_are_attributes_that_take_effect(encoder):
-    reg = SpeakerRegistry(encoder=encoder, far=0.02, threshold=0.4, adapt=False)
+    reg = SpeakerRegistry(encoder=encoder, as_norm=False, far=0.02, threshold=0.4, adapt=False)
     assert (reg.far, reg.fpir, reg.fixed_threshold, reg.adapt) == (0.02, 0.01, 0.4, False)
     reg.enroll_embeddings("ada", np.eye(encoder.dim, dtype=np.float32)[0])
     reg.fixed_threshold = 0.9
@@ -218,7 +244,7 @@ def test_operating_settings_are_attributes_that_take_effect(encoder):
 def test_stats_and_templates_read_the_registry(encoder, tmp_path):
     rng = np.random.default_rng(14)
     d = encoder.dim
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5) as r:
         empty = r.stats()
         assert empty["speakers"] == 0 and empty["index"]["size"] == 0 and empty["index"]["kind"] == "flat"
         names, templates = r.templates()
@@ -241,7 +267,7 @@ def test_stats_and_templates_read_the_registry(encoder, tmp_path):
 
 
 def test_deprecated_names_warn_and_still_work(encoder, by_speaker):
-    reg = SpeakerRegistry(encoder=encoder, threshold=0.5)
+    reg = SpeakerRegistry(encoder=encoder, as_norm=False, threshold=0.5)
     rng = np.random.default_rng(15)
     reg.enroll_many({"ada": by_speaker["0036"][:1], "bob": by_speaker["1027"][:1]})
     queries = unit(rng, 4, reg.dim)
@@ -271,11 +297,11 @@ def test_deprecated_names_warn_and_still_work(encoder, by_speaker):
 def test_persistence_round_trip(encoder, tmp_path):
     rng = np.random.default_rng(1)
     queries = unit(rng, 5, encoder.dim)
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.3) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.3) as r:
         for i in range(10):
             r.enroll_embeddings(f"p{i}", unit(rng, 2, encoder.dim))
         before = r.identify_embeddings(queries, k=3)
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.3) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.3) as r:
         assert len(r) == 10 and "p3" in r and "nobody" not in r
         assert r.identify_embeddings(queries, k=3) == before
 
@@ -284,7 +310,7 @@ def test_persistence_round_trip(encoder, tmp_path):
 def test_index_rebuilt_when_missing_corrupt_or_stale(encoder, tmp_path, damage):
     rng = np.random.default_rng(2)
     q = unit(rng, 3, encoder.dim)
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False) as r:
         for i in range(6):
             r.enroll_embeddings(f"p{i}", unit(rng, 2, encoder.dim))
         before = r.identify_embeddings(q, k=6)
@@ -298,7 +324,7 @@ def test_index_rebuilt_when_missing_corrupt_or_stale(encoder, tmp_path, damage):
         index_file.write_bytes(b"garbage" * 10)
     else:  # an index file from an older state (still lists p5)
         index_file.write_bytes(saved)
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False) as r:
         assert r.identify_embeddings(q, k=6) == after_remove != before
         assert all(m.name != "p5" for row in r.identify_embeddings(q, k=6) for m in row)
 
@@ -306,7 +332,7 @@ def test_index_rebuilt_when_missing_corrupt_or_stale(encoder, tmp_path, damage):
 def test_encoder_mismatch_names_both_fingerprints(encoder, tmp_path):
     from asit_embed.model import ASiTEncoder, asit_tiny
 
-    SpeakerRegistry(tmp_path / "r", encoder=encoder).close()
+    SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False).close()
     torch.manual_seed(1)
     other = SpeakerEncoder.from_model(ASiTEncoder(asit_tiny(depth=1)))
     with pytest.raises(EncoderMismatchError) as err:
@@ -343,10 +369,10 @@ def test_threshold_accepts_and_rejects(encoder):
     e = np.eye(encoder.dim, dtype=np.float32)
     close = (e[0] + 0.3 * e[1]) / np.linalg.norm(e[0] + 0.3 * e[1])  # cosine 0.958 with e0
     for threshold, accepted in [(0.9, True), (0.99, False)]:
-        r = SpeakerRegistry(encoder=encoder, threshold=threshold)
+        r = SpeakerRegistry(encoder=encoder, as_norm=False, threshold=threshold)
         r.enroll_embeddings("x", e[0])
         assert r.identify_embeddings(close, k=1)[0][0].accepted is accepted
-    r = SpeakerRegistry(encoder=encoder)
+    r = SpeakerRegistry(encoder=encoder, as_norm=False)
     assert r.threshold == pytest.approx(r.calibration.identify_threshold(len(r), 0.01))
 
 
@@ -410,7 +436,7 @@ def test_enroll_many_writes_all_or_nothing(reg):
 def test_incremental_updates_stay_equal_to_brute_force(encoder, tmp_path, config, monkeypatch):
     rng = np.random.default_rng(7)
     d = encoder.dim
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index=config) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index=config) as r:
         r.enroll_many({"fixed": unit(rng, 2, d)} | {f"s{i:04d}": unit(rng, 2, d) for i in range(1200)},
                       embeddings=True)
         assert r.stats()["index"]["kind"] == config.kind
@@ -434,9 +460,9 @@ def test_incremental_updates_stay_equal_to_brute_force(encoder, tmp_path, config
 def test_another_registry_object_applies_only_the_changes(encoder, tmp_path, monkeypatch):
     rng = np.random.default_rng(8)
     d = encoder.dim
-    a = SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5)
+    a = SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5)
     a.enroll_many({f"s{i:03d}": unit(rng, 2, d) for i in range(100)}, embeddings=True)
-    b = SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5)
+    b = SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5)
     ids = Store(str(tmp_path / "r" / "registry.sqlite"))  # the file's speaker ids, read beside the registries
     changed = [ids.speaker_id("s001"), ids.speaker_id("s002")]
     a.enroll_embeddings("s001", unit(rng, 1, d))
@@ -462,7 +488,7 @@ def test_large_registry_switches_to_ivf_and_removal_works(encoder, tmp_path):
     rng = np.random.default_rng(9)
     d = encoder.dim
     config = IndexConfig(exact_below=1000)
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index=config) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index=config) as r:
         r.enroll_many({f"s{i:04d}": unit(rng, 2, d) for i in range(900)}, embeddings=True)
         assert r.stats()["index"]["kind"] == "flat"
         r.enroll_many({f"s{i:04d}": unit(rng, 2, d) for i in range(900, 1100)}, embeddings=True)
@@ -487,11 +513,11 @@ def test_large_registry_switches_to_ivf_and_removal_works(encoder, tmp_path):
         r.enroll_many({f"t{i:04d}": unit(rng, 2, d) for i in range(1200)}, embeddings=True)  # past 2x its size
         index = r.stats()["index"]
         assert index["kind"] == "ivf" and index["trained_at"] == len(r) == 2245
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index="flat") as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index="flat") as r:
         index = r.stats()["index"]
         assert index["kind"] == "flat" and index["size"] == 2245           # the saved IVF index is not used
         assert_brute_force(r, unit(rng, 10, d))
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index=config) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index=config) as r:
         assert r.stats()["index"]["kind"] == "ivf"
         for name in r.names()[:len(r) - 499]:                                 # below half the threshold
             r.remove(name)
@@ -504,7 +530,7 @@ def test_index_file_is_written_lazily_and_on_close(encoder, tmp_path, monkeypatc
     d = encoder.dim
     index_file = tmp_path / "r" / "index.faiss"
     config = IndexConfig(flush_fraction=0.25)
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index=config) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index=config) as r:
         r.enroll_many({f"s{i:02d}": unit(rng, 2, d) for i in range(20)}, embeddings=True)
         assert header(index_file)["version"] == r.stats()["version"]     # a rebuild is written at once
         lag = []
@@ -517,7 +543,7 @@ def test_index_file_is_written_lazily_and_on_close(encoder, tmp_path, monkeypatc
         final = r.stats()["version"]
     assert header(index_file)["version"] == final
     monkeypatch.setattr(TemplateIndex, "rebuild", lambda *a: pytest.fail("a current index file was rebuilt"))
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index=config) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index=config) as r:
         assert r.identify_embeddings(queries, k=5) == before
 
 
@@ -526,7 +552,7 @@ def test_changes_missed_by_the_index_file_are_applied_on_open(encoder, tmp_path,
     rng = np.random.default_rng(11)
     d = encoder.dim
     config = IndexConfig(flush_fraction=1.0)
-    r = SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index=config)
+    r = SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index=config)
     r.enroll_many({f"s{i:02d}": unit(rng, 2, d) for i in range(30)}, embeddings=True)
     saved = header(tmp_path / "r" / "index.faiss")["version"]
     r.enroll_embeddings("late", unit(rng, 2, d))
@@ -535,7 +561,7 @@ def test_changes_missed_by_the_index_file_are_applied_on_open(encoder, tmp_path,
     del r                                                              # no close(): the file stays behind
     assert header(tmp_path / "r" / "index.faiss")["version"] == saved
     monkeypatch.setattr(TemplateIndex, "rebuild", lambda *a: pytest.fail("rebuilt instead of catching up"))
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder, threshold=0.5, index=config) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False, threshold=0.5, index=config) as r:
         assert "late" in r and "s03" not in r
         assert_brute_force(r, np.concatenate([unit(rng, 10, d), near(r, ["late", "s04"], rng)]))
 
@@ -544,15 +570,15 @@ def test_index_file_of_another_registry_or_before_the_change_record_is_rebuilt(e
     rng = np.random.default_rng(12)
     d = encoder.dim
     for name in ("a", "b"):
-        with SpeakerRegistry(tmp_path / name, encoder=encoder) as r:
+        with SpeakerRegistry(tmp_path / name, encoder=encoder, as_norm=False) as r:
             r.enroll_many({f"{name}{i}": unit(rng, 2, d) for i in range(8)}, embeddings=True)
     shutil.copy(tmp_path / "a" / "index.faiss", tmp_path / "b" / "index.faiss")   # same encoder and version
-    with SpeakerRegistry(tmp_path / "b", encoder=encoder) as r:
+    with SpeakerRegistry(tmp_path / "b", encoder=encoder, as_norm=False) as r:
         assert set(r.names()) == {f"b{i}" for i in range(8)}
         assert_brute_force(r, unit(rng, 5, d))
     # a store written before it recorded changes: an older index file cannot be caught up, only rebuilt
     old = (tmp_path / "b" / "index.faiss").read_bytes()
-    with SpeakerRegistry(tmp_path / "b", encoder=encoder) as r:
+    with SpeakerRegistry(tmp_path / "b", encoder=encoder, as_norm=False) as r:
         r.remove("b1")
         r.enroll_embeddings("b9", unit(rng, 2, d))
         version = r.stats()["version"]
@@ -560,7 +586,7 @@ def test_index_file_of_another_registry_or_before_the_change_record_is_rebuilt(e
     with sqlite3.connect(tmp_path / "b" / "registry.sqlite") as db:
         db.execute("DELETE FROM changes")
         db.execute("UPDATE meta SET value = ? WHERE key = 'changes_since'", (str(version),))
-    with SpeakerRegistry(tmp_path / "b", encoder=encoder) as r:
+    with SpeakerRegistry(tmp_path / "b", encoder=encoder, as_norm=False) as r:
         assert "b1" not in {m.name for row in r.identify_embeddings(unit(rng, 20, d), k=8) for m in row}
         assert_brute_force(r, near(r, ["b9"], rng))
 
@@ -587,7 +613,7 @@ def test_two_processes_enrolling_at_once_lose_nothing(encoder, tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for p in ("a", "b")]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False) as r:
         assert len(r) == 100
         assert all(r.speaker(n).n_clips == 3 for n in r.names())
         assert r.stats()["index"]["size"] == 100
@@ -607,7 +633,7 @@ def test_kill_9_mid_enrollment_keeps_every_earlier_speaker(encoder, tmp_path):
     time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    with SpeakerRegistry(tmp_path / "r", encoder=encoder) as r:
+    with SpeakerRegistry(tmp_path / "r", encoder=encoder, as_norm=False) as r:
         names = r.names()
         assert len(names) >= 31
         assert names == [f"k{i:04d}" for i in range(len(names))]   # a prefix: nothing lost, nothing partial

@@ -83,9 +83,9 @@ def test_identify_ranks_the_speaker_first_and_agrees_with_the_registry(client, a
     body = r.get_json()
     matches = body["matches"]
     assert list(body) == ["matches", "threshold"] and all(list(m) == ["name", "score", "accepted"] for m in matches)
-    assert [m["name"] for m in matches] == ["ada", "bob"]
+    assert matches[0]["name"] == "ada" and matches[1]["name"] in {"bob", "carl"}  # carl if enrolled by now
     assert matches[0]["score"] >= body["threshold"] > matches[1]["score"]
-    assert matches[0]["accepted"] is True and matches[1]["accepted"] is False  # ada accepted, bob rejected
+    assert matches[0]["accepted"] is True and matches[1]["accepted"] is False  # ada accepted, the next rejected
     with SpeakerRegistry(app.extensions["enroll"].registries.path, encoder=encoder, threshold=0.5) as reg:
         direct = reg.identify(held_out, k=2)
     assert [m["name"] for m in matches] == [m.name for m in direct]

@@ -1,10 +1,11 @@
 """Turn a trained checkpoint into the shipped default: calibrate the operating points on the dev speakers,
 attach the AS-norm cohort, store compactly (fp16).
 
-    python tools/calibrate.py runs/ft/best.pt asit_embed/pretrained/default.pt [--hop-frames 150]
+    python tools/calibrate.py runs/ft/best.pt asit_embed/pretrained/default.pt [--window-frames 300 --hop-frames 300]
 
-- ``--hop-frames``: the hop between the windows a long clip is embedded in (frames of 10 ms), stored in the
-  shipped config; everything below is measured with it.
+- ``--window-frames`` / ``--hop-frames``: the windows a long clip is embedded in and the hop between them
+  (frames of 10 ms; hop == window: an even split into the fewest windows), stored in the shipped config;
+  everything below is measured with them.
 
 - ``calibrations``: for cosine and for AS-norm scoring, the impostor score table of
   :class:`asit_embed.calibration.Calibration` from the ``dev`` speakers (unseen in training) of the dev sets
@@ -54,6 +55,7 @@ def main() -> int:
                                                               DATA / "arabic-speech-commands" / "manifest.csv"])
     p.add_argument("--calibrate-on", nargs="+", choices=("speechocean762", "words"), default=["speechocean762"],
                    help="dev sets whose impostor trials make the shipped calibration")
+    p.add_argument("--window-frames", type=int, help="windows of a long clip (default: the checkpoint's)")
     p.add_argument("--hop-frames", type=int, help="hop between the windows of a long clip (default: the checkpoint's)")
     p.add_argument("--scoring", choices=("cosine", "as-norm"), default="cosine",
                    help="the scoring a registry uses with this checkpoint unless told otherwise")
@@ -66,11 +68,12 @@ def main() -> int:
             p.error(f"manifest {path} not found: calibration needs the corpora of ../shared/data (pass --manifest / --words)")
     t0 = time.monotonic()
     ckpt = load_checkpoint(args.checkpoint)
-    if args.hop_frames is not None:
+    windows = {k: v for k, v in (("window_frames", args.window_frames), ("hop_frames", args.hop_frames)) if v is not None}
+    if windows:
         try:  # the config checks the hop against the window
-            ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(hop_frames=args.hop_frames))
+            ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(**windows))
         except ValueError as err:
-            p.error(f"--hop-frames: {err}")
+            p.error(f"--window-frames / --hop-frames: {err}")
     encoder = SpeakerEncoder(ckpt, precision="float32")  # the reference precision
     dev = {"speechocean762": load_sources(args.manifest, role="dev"), "words": load_sources(args.words, role="dev")}
     train = load_sources([args.manifest, *args.words], role="train")
@@ -93,7 +96,8 @@ def main() -> int:
     calibrations = {}
     for scoring, normalize in (("cosine", None), ("as-norm", as_norm)):
         trials = [(name, *protocol_trials(*sets[name], normalize=normalize)[1:]) for name in args.calibrate_on]
-        voices = dev_voices([sets[name] for name in args.calibrate_on], normalize=normalize)
+        # what a registry adapts a cosine table by (an AS-norm one is used as fitted: asit_embed.calibration)
+        voices = None if normalize else dev_voices([sets[name] for name in args.calibrate_on])
         calibrations[scoring] = pooled_calibration(trials, source=source, scoring=scoring, voices=voices)
     so762 = results["speechocean762"]
     threshold_asnorm = eer(*protocol_trials(*sets["speechocean762"], normalize=as_norm)[:2])[1]

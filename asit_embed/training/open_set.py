@@ -46,15 +46,13 @@ def pooled_calibration(trials: Sequence[tuple[str, np.ndarray, np.ndarray]], *, 
                            source=source, scoring=scoring, **(voices or {}))
 
 
-def dev_voices(sets: Sequence[tuple], names: Sequence[Sequence[str] | None] | None = None, *,
-               normalize: Callable | None = None) -> dict:
-    """What a calibration records so that a registry can adapt it to its own voices
+def dev_voices(sets: Sequence[tuple], names: Sequence[Sequence[str] | None] | None = None) -> dict:
+    """What a cosine calibration records so that a registry can adapt it to its own voices
     (:meth:`~asit_embed.calibration.Calibration.adapted`), from dev sets ``[(x, speakers, enroll, probe)]``
     (each set's speakers ``names[i]``, default all it enrolls): ``reference``, the
     :func:`~asit_embed.calibration.impostor_scores` of their enrollment clips, as a registry enrolled from them
-    would score them (``normalize``: in another scoring than cosine, e.g. AS-norm), and, for cosine only,
-    ``cross_mean``, the :func:`~asit_embed.calibration.cross_speaker_mean` of all their clips (sets weighted
-    equally; a cosine statistic, which says nothing about another scoring's scale)."""
+    would score them, and ``cross_mean``, the :func:`~asit_embed.calibration.cross_speaker_mean` of all their
+    clips (sets weighted equally)."""
     from asit_embed.calibration import cross_speaker_mean, impostor_scores
 
     means, impostors = [], []
@@ -63,9 +61,8 @@ def dev_voices(sets: Sequence[tuple], names: Sequence[Sequence[str] | None] | No
         clips = [j for j in (*enroll, *probe) if speakers[j] in keep]
         means.append(cross_speaker_mean(x[clips], [speakers[j] for j in clips]))
         enrolled = [j for j in enroll if speakers[j] in keep]
-        impostors.append(impostor_scores(x[enrolled], [speakers[j] for j in enrolled], normalize=normalize)[0])
-    return {"cross_mean": float(np.mean(means)) if normalize is None else None,
-            "reference": np.concatenate(impostors)}
+        impostors.append(impostor_scores(x[enrolled], [speakers[j] for j in enrolled])[0])
+    return {"cross_mean": float(np.mean(means)), "reference": np.concatenate(impostors)}
 
 
 def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10, 25, 100), fpir: float = 0.01,
@@ -117,9 +114,9 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
             if shipped is None and (calibrate_on is None or name in calibrate_on):
                 trials.append((name, *protocol_trials(x, speakers, enroll, probe, a, normalize=normalize)[1:]))
         on = [n for n in sets if calibrate_on is None or n in calibrate_on]
-        cv_shipped = shipped or fit_or_none(
-            pooled_calibration, trials, source="dev halves", scoring=scoring, voices=dev_voices(
-                [sets[n] for n in on], [halves[n][0] for n in on], normalize=normalize))
+        cv_shipped = shipped or fit_or_none(  # only a cosine calibration records what to adapt it by
+            pooled_calibration, trials, source="dev halves", scoring=scoring, voices=None if normalize else dev_voices(
+                [sets[n] for n in on], [halves[n][0] for n in on]))
         for name, (x, speakers, enroll, probe) in sets.items():
             a, b = halves[name]
             own_clips = [i for i in enroll if speakers[i] in set(a)]
@@ -143,10 +140,8 @@ def calibrated_open_set(sets: dict[str, tuple], *, sizes: Sequence[int] = (5, 10
                     row.setdefault("draws", []).append(1)
                     known_clips = [i for i in enroll if speakers[i] in set(known)]
                     who = [speakers[i] for i in known_clips]
-                    adapted = None if cv_shipped is None or (
-                        cv_shipped.cross_mean is None and cv_shipped.reference is None) else cv_shipped.adapted(
-                        cross_speaker_mean(x[known_clips], who), size,
-                        impostor_scores(x[known_clips], who, normalize=normalize)[0])
+                    adapted = None if cv_shipped is None or not cv_shipped.adaptable else cv_shipped.adapted(
+                        cross_speaker_mean(x[known_clips], who), size, impostor_scores(x[known_clips], who)[0])
                     for kind, cal in (("shipped", cv_shipped), ("adapted", adapted), ("own", own)):
                         if cal is None:
                             continue

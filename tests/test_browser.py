@@ -87,6 +87,15 @@ def test_enroll_identify_record_and_delete_in_the_page(base_url, page, clips, tm
     assert float(matches.nth(0).get_attribute("data-score")) > float(matches.nth(1).get_attribute("data-score"))
     expect(page.locator("#identify-status")).to_have_text(
         f"Best match: ada (score {float(matches.nth(0).get_attribute('data-score')):.3f}).")
+
+    def percent(locator, prop):
+        return float(re.search(rf"{prop}: ([\d.]+)%", locator.get_attribute("style")).group(1))
+
+    mark = percent(matches.nth(0).locator(".threshold"), "left")
+    assert 0 < mark < 100  # the threshold mark lies inside the bar, whatever the scoring's scale
+    assert percent(matches.nth(0).locator(".fill"), "width") > mark > percent(matches.nth(1).locator(".fill"), "width")
+    best = float(matches.nth(0).get_attribute("data-score"))  # one scale for the score and the threshold
+    assert percent(matches.nth(0).locator(".fill"), "width") / mark == pytest.approx(best / 0.5, rel=0.01)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = tmp_path / "browser.png"
     page.screenshot(path=str(shot), full_page=True)

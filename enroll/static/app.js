@@ -263,6 +263,10 @@ recorderButton($("identify-record"), $("identify-status"), (file, seconds) => {
 $("identify-file").addEventListener("change", () => identifyRecording.clear());
 
 function renderMatches(matches, threshold) {
+  // Scores are cosines (at most 1) or AS-norm scores (several units): a bar's full length is the larger of
+  // 1, one and a half times the threshold, and the best score, so the threshold mark stays inside it.
+  const top = Math.max(1, 1.5 * threshold, ...matches.map((m) => m.score));
+  const share = (v) => `${Math.max(0, Math.min(1, v / top)) * 100}%`;
   const items = matches.map((m) => {
     const item = document.createElement("li");
     item.className = m.accepted ? "match accepted" : "match";
@@ -274,16 +278,16 @@ function renderMatches(matches, threshold) {
     const bar = document.createElement("span");
     bar.className = "bar";
     bar.setAttribute("role", "meter");
-    bar.setAttribute("aria-valuemin", "-1");
-    bar.setAttribute("aria-valuemax", "1");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", String(top));
     bar.setAttribute("aria-valuenow", String(m.score));
     bar.setAttribute("aria-label", `score of ${m.name}`);
     const fill = document.createElement("span");
     fill.className = "fill";
-    fill.style.width = `${Math.max(0, Math.min(1, m.score)) * 100}%`;
+    fill.style.width = share(m.score);
     const mark = document.createElement("span");
     mark.className = "threshold";
-    mark.style.left = `${Math.max(0, Math.min(1, threshold)) * 100}%`;
+    mark.style.left = share(threshold);
     bar.append(fill, mark);
     const score = document.createElement("span");
     score.className = "score";

@@ -60,8 +60,8 @@ class SpeakerRegistry:
             without speech is an :class:`~asit_embed.AudioError`. Default: the encoder's setting.
         adapt: map the shipped calibration to the enrolled voices (by how impostor scores among them differ
             from the calibration data's; :meth:`Calibration.adapted
-            <asit_embed.calibration.Calibration.adapted>`) once 5 speakers are enrolled. A registry's own
-            :meth:`calibrate` is used as it is.
+            <asit_embed.calibration.Calibration.adapted>`) once 5 speakers are enrolled; cosine scoring only
+            (an AS-norm calibration is used as fitted). A registry's own :meth:`calibrate` is used as it is.
 
     >>> reg = SpeakerRegistry()
     >>> e = np.eye(reg.encoder.dim, dtype=np.float32)
@@ -247,7 +247,7 @@ class SpeakerRegistry:
     @property
     def calibration(self) -> Calibration | None:
         """The calibration in use: the registry's own (:meth:`calibrate`), else the one shipped with the
-        encoder's checkpoint, adapted to the enrolled voices (``adapt``); None with a fixed ``threshold`` or an
+        encoder's checkpoint, adapted to the enrolled voices (``adapt``, cosine); None with a fixed ``threshold`` or an
         encoder that carries none."""
         return self._points.calibration
 

@@ -169,16 +169,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from asit_embed.training.data import load_sources
     from asit_embed.training.metrics import PROTOCOLS, enrollment_split, evaluate_embeddings, plot_evaluation
     from asit_embed.training.open_set import calibrated_open_set, plot_open_set_det
+    from enroll.scoring import ASNorm, checkpoint_scoring  # the registry's own choice and AS-norm
 
     encoder = load_encoder(args.checkpoint, precision=args.precision, device=args.device)
     items = load_sources(args.data, role=args.role)
     protocol = {**PROTOCOLS[args.protocol], **{k: getattr(args, k) for k in ("n_enroll", "max_probes", "min_clips")
                                                 if getattr(args, k) is not None}}
-    scoring = encoder.metadata.get("scoring", "cosine") if args.scoring == "checkpoint" else args.scoring
+    scoring = checkpoint_scoring(encoder.metadata) if args.scoring == "checkpoint" else args.scoring
     normalize = None
     if scoring == "as-norm":
-        from enroll.scoring import ASNorm  # the registry's own AS-norm, so the figures are what it scores
-
         as_norm = ASNorm.from_metadata(encoder.metadata)
         if as_norm is None:
             raise SystemExit("error: --scoring as-norm needs a checkpoint that carries an AS-norm cohort "

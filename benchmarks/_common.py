@@ -48,6 +48,18 @@ def training_cohort(manifest: Path, words: Sequence[Path], per_speaker: int = 4)
     return [train[i].path for i in picked], [train[i].speaker for i in picked]
 
 
+def cached(embed: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+    """``embed`` that embeds each list of paths once: a system scored several ways embeds the dev sets once."""
+    cache: dict = {}
+
+    def embed_once(paths):
+        key = tuple(paths)
+        if key not in cache:
+            cache[key] = embed(list(paths))
+        return cache[key]
+    return embed_once
+
+
 def score(embed: Callable[[list[str]], np.ndarray], sets: dict, normalize: Callable | None = None) -> dict:
     """``embed(paths) -> (n, dim)`` scored on every dev set of :func:`dev_sets` with its protocol: top-1, EER,
     minDCF, open-set EER, TPIR at FPIR 1 % (``{set name: summary}``); ``normalize``: a scoring other than

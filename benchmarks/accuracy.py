@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score  # noqa: E402
+from _common import RESULTS, add_dev_set_options, cached, dev_sets, print_tables, require, score  # noqa: E402
 from peers import ECAPA_NAME, MFCC_NAME, RESEMBLYZER_NAME, ecapa_network, load_ecapa, mfcc_stats, resemblyzer  # noqa: E402
 
 from asit_embed import load_audio, load_encoder  # noqa: E402
@@ -43,7 +43,7 @@ from asit_embed.training.augment import AugmentConfig  # noqa: E402
 from asit_embed.training.metrics import PROTOCOLS  # noqa: E402
 from asit_embed.training.runs import read_log, seed_all  # noqa: E402
 from asit_embed.training.train import TrainConfig, train  # noqa: E402
-from enroll.scoring import ASNorm  # noqa: E402
+from enroll.scoring import ASNorm, checkpoint_scoring  # noqa: E402
 
 # ECAPA's default budget: the supervised training budget of our earlier models (the from-scratch one used
 # 68 + 21 min; the previous default, fine-tuned from 33 min of self-supervised pretraining, 78).
@@ -83,15 +83,8 @@ def ours(path: Path | None, name: str, minutes) -> list[tuple[dict, object, obje
     encoder = load_encoder(path)
     row = {"system": name, "params": sum(p.numel() for p in encoder.model.parameters()), "train_minutes": minutes,
            "fingerprint": encoder.fingerprint}
-    cache: dict = {}
-
-    def embed(paths):  # both rows score the same embeddings
-        key = tuple(paths)
-        if key not in cache:
-            cache[key] = encoder.embed_batch(paths)
-        return cache[key]
-
-    if encoder.metadata.get("scoring") != "as-norm":
+    embed = cached(encoder.embed_batch)  # both rows score the same embeddings
+    if checkpoint_scoring(encoder.metadata) == "cosine":
         return [({**row, "scoring": "cosine"}, embed, None)]
     return [({**row, "scoring": "as-norm"}, embed, ASNorm.from_metadata(encoder.metadata).score),
             ({**row, "system": f"{name}, cosine", "scoring": "cosine"}, embed, None)]

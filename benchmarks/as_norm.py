@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score, training_cohort  # noqa: E402
+from _common import RESULTS, add_dev_set_options, cached, dev_sets, print_tables, require, score, training_cohort  # noqa: E402
 from peers import RESEMBLYZER_NAME, resemblyzer  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
@@ -63,16 +63,9 @@ def main() -> int:
         systems[label] = (load_encoder(path).embed_batch, None)
     rows = []
     for name, (embed, cohort) in systems.items():
-        cache = {}
-
-        def cached(paths, embed=embed, cache=cache):
-            key = tuple(paths)
-            if key not in cache:
-                cache[key] = embed(list(paths))
-            return cache[key]
-
+        embed = cached(embed)
         if cohort is None:
-            cohort = cached(cohort_paths)
+            cohort = embed(cohort_paths)
         cohort = cohort / np.linalg.norm(cohort, axis=1, keepdims=True)
         scorings = {"cosine": None,
                     f"AS-norm, {len(cohort)} clips, top {shipped.top_n}": ASNorm(cohort, top_n=shipped.top_n).score,
@@ -81,7 +74,7 @@ def main() -> int:
                                top_n=DEFAULT_TOP_N).score}
         for scoring, normalize in scorings.items():
             rows.append({"system": f"{name}: {scoring}", "encoder": name, "scoring": scoring,
-                         **score(cached, sets, normalize)})
+                         **score(embed, sets, normalize)})
             print(f"scored {rows[-1]['system']}", file=sys.stderr)
     print_tables(rows, sets)
     args.result.write_text(json.dumps({"fingerprint": encoder.fingerprint, "cohort_clips": len(cohort_paths),

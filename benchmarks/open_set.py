@@ -33,7 +33,7 @@ from asit_embed import load_encoder  # noqa: E402
 from asit_embed.calibration import Calibration  # noqa: E402
 from asit_embed.training.metrics import PROTOCOLS, enrollment_split  # noqa: E402
 from asit_embed.training.open_set import calibrated_open_set, plot_open_set_det, protocol_trials  # noqa: E402
-from enroll.scoring import ASNorm  # noqa: E402
+from enroll.scoring import ASNorm, checkpoint_scoring  # noqa: E402
 
 
 def main() -> int:
@@ -91,8 +91,8 @@ def main() -> int:
                     unseen, sizes=args.all_sizes, fpir=args.fpir, splits=args.splits, normalize=normalize,
                     scoring=scoring, shipped=shipped, halve=False)
     report["seconds"] = round(time.monotonic() - t0, 1)
-    default = meta.get("scoring", "cosine") if meta.get("scoring", "cosine") in report else "cosine"
-    report["det_scoring"] = default  # the plot shows the scoring a registry uses by default
+    default = checkpoint_scoring(meta)  # the plot shows the scoring a registry uses by default
+    report["det_scoring"] = default = default if default in scorings else "cosine"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot_open_set_det(report[default], args.out.with_name(args.out.stem + "_det.png"), fpir=args.fpir)

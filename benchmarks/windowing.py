@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, add_dev_set_options, dev_sets, print_tables, require, score, training_cohort  # noqa: E402
+from _common import RESULTS, add_dev_set_options, cached, dev_sets, print_tables, require, score, training_cohort  # noqa: E402
 
 from asit_embed import SpeakerEncoder, load_audio  # noqa: E402
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
@@ -67,14 +67,7 @@ def main() -> int:
         speed = {f"realtime_{sec}s_clips": round(sec * len(timed[sec]) / statistics.median(times[(window, hop), sec]), 1)
                  for sec in timed}
         name = f"window {window / 100:g} s, hop {hop / 100:g} s"
-        cache: dict = {}
-
-        def embed(paths, encoder=encoder, cache=cache):  # each dev set is embedded once, scored both ways
-            key = tuple(paths)
-            if key not in cache:
-                cache[key] = encoder.embed_batch(paths)
-            return cache[key]
-
+        embed = cached(encoder.embed_batch)  # each dev set is embedded once, scored both ways
         rows.append({"system": name, "window_frames": window, "hop_frames": hop, "precision": encoder.precision,
                      **speed, **score(embed, sets)})
         rows[-1]["speed_vs_first"] = {k: round(rows[-1][k] / rows[0][k], 2) for k in speed}

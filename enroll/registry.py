@@ -23,7 +23,7 @@ from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerErr
 from enroll.index import IndexConfig, TemplateIndex
 from enroll.operating import DEFAULT_FAR, DEFAULT_FPIR, OperatingPoints
 from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
-from enroll.scoring import ASNorm
+from enroll.scoring import ASNorm, checkpoint_scoring
 from enroll.store import ClipRecord, Store
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class SpeakerRegistry:
         meta = getattr(encoder, "metadata", {}) or {}
         self.as_norm = None
         if as_norm is None:
-            as_norm = meta.get("scoring") == "as-norm"
+            as_norm = checkpoint_scoring(meta) == "as-norm"
         if as_norm:
             self.as_norm = ASNorm.from_metadata(meta, cohort)
             if self.as_norm is None:

@@ -49,6 +49,12 @@ class ASNorm:
         return self.normalize(scores, queries, np.broadcast_to(mu_t, scores.shape), np.broadcast_to(sd_t, scores.shape))
 
 
+def checkpoint_scoring(metadata: dict) -> str:
+    """The scoring a checkpoint recommends, which a registry uses unless told otherwise: ``"as-norm"`` where its
+    ``scoring`` metadata names it (``tools/calibrate.py --scoring``), else ``"cosine"``."""
+    return "as-norm" if (metadata or {}).get("scoring") == "as-norm" else "cosine"
+
+
 def cohort_clips(paths: list[str], speakers: list[str], per_speaker: int) -> list[int]:
     """Indices of ``per_speaker`` clips of every speaker, evenly spaced through its clips sorted by path
     (all of them for a speaker with fewer), speakers in sorted order."""

@@ -92,7 +92,9 @@ def main() -> int:
                     scoring=scoring, shipped=shipped, halve=False)
     report["seconds"] = round(time.monotonic() - t0, 1)
     default = checkpoint_scoring(meta)  # the plot shows the scoring a registry uses by default
-    report["det_scoring"] = default = default if default in scorings else "cosine"
+    if default not in scorings:  # a checkpoint that names AS-norm but carries no cohort
+        default = "cosine"
+    report["det_scoring"] = default
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot_open_set_det(report[default], args.out.with_name(args.out.stem + "_det.png"), fpir=args.fpir)

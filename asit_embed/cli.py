@@ -166,10 +166,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from asit_embed import load_encoder
     from asit_embed.calibration import Calibration
+    from asit_embed.scoring import ASNorm, checkpoint_scoring  # the registry's own choice and AS-norm
     from asit_embed.training.data import load_sources
     from asit_embed.training.metrics import PROTOCOLS, enrollment_split, evaluate_embeddings, plot_evaluation
     from asit_embed.training.open_set import calibrated_open_set, plot_open_set_det
-    from enroll.scoring import ASNorm, checkpoint_scoring  # the registry's own choice and AS-norm
 
     encoder = load_encoder(args.checkpoint, precision=args.precision, device=args.device)
     items = load_sources(args.data, role=args.role)
@@ -204,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     if args.plot:
-        plot_evaluation(res, args.plot)
+        plot_evaluation(res, args.plot, score_name=f"{scoring} score")
     if args.det and calibrated:
         plot_open_set_det({args.protocol: calibrated}, args.det, fpir=args.fpir)
     return 0

@@ -40,8 +40,8 @@ def dev_sets(manifest: Path, words: Sequence[Path]) -> dict:
 def training_cohort(manifest: Path, words: Sequence[Path], per_speaker: int = 4) -> tuple[list[str], list[str]]:
     """The AS-norm cohort ``tools/calibrate.py`` ships, as clips: ``per_speaker`` clips of every ``train``
     speaker of the three corpora (paths, speakers)."""
+    from asit_embed.scoring import cohort_clips
     from asit_embed.training.data import load_sources
-    from enroll.scoring import cohort_clips
 
     train = load_sources([manifest, *words], role="train")
     picked = cohort_clips([it.path for it in train], [it.speaker for it in train], per_speaker)

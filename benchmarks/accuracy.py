@@ -39,11 +39,11 @@ from _common import RESULTS, add_dev_set_options, cached, dev_sets, print_tables
 from peers import ECAPA_NAME, MFCC_NAME, RESEMBLYZER_NAME, ecapa_network, load_ecapa, mfcc_stats, resemblyzer  # noqa: E402
 
 from asit_embed import load_audio, load_encoder  # noqa: E402
+from asit_embed.scoring import ASNorm, checkpoint_scoring  # noqa: E402
 from asit_embed.training.augment import AugmentConfig  # noqa: E402
 from asit_embed.training.metrics import PROTOCOLS  # noqa: E402
 from asit_embed.training.runs import read_log, seed_all  # noqa: E402
 from asit_embed.training.train import TrainConfig, train  # noqa: E402
-from enroll.scoring import ASNorm, checkpoint_scoring  # noqa: E402
 
 # ECAPA's default budget: the supervised training budget of our earlier models (the from-scratch one used
 # 68 + 21 min; the previous default, fine-tuned from 33 min of self-supervised pretraining, 78).

@@ -3,13 +3,13 @@
     python benchmarks/as_norm.py        # a few minutes; writes benchmarks/results/as_norm.json
     python benchmarks/as_norm.py --also "fine-tune=runs/varcrop_long/final.pt"   # + other checkpoints
 
-AS-norm (``SpeakerRegistry(as_norm=True)``, :class:`enroll.scoring.ASNorm`) scores a trial by how far its
+AS-norm (``SpeakerRegistry(as_norm=True)``, :class:`asit_embed.scoring.ASNorm`) scores a trial by how far its
 cosine stands above each side's top-N cohort scores. Three scorings per encoder, same protocols and figures
 as ``benchmarks/accuracy.py``:
 
 - cosine, what a registry does by default;
 - AS-norm, cohort of single clips: up to 4 clips of every training speaker of the three corpora
-  (:func:`enroll.scoring.cohort_clips`), top 200. For our default this is the cohort it ships
+  (:func:`asit_embed.scoring.cohort_clips`), top 200. For our default this is the cohort it ships
   (``tools/calibrate.py``); Resemblyzer gets its own embeddings of the same clips;
 - AS-norm, cohort of speaker means: the mean of each speaker's same clips, top 50 (the kind of cohort the
   default shipped before: one mean per training speaker).
@@ -31,8 +31,8 @@ from _common import RESULTS, add_dev_set_options, cached, dev_sets, print_tables
 from peers import RESEMBLYZER_NAME, resemblyzer  # noqa: E402
 
 from asit_embed import load_encoder  # noqa: E402
+from asit_embed.scoring import DEFAULT_TOP_N, ASNorm  # noqa: E402
 from asit_embed.training.metrics import enrollment_templates  # noqa: E402
-from enroll.scoring import DEFAULT_TOP_N, ASNorm  # noqa: E402
 
 CLIPS_PER_SPEAKER = 4
 

@@ -31,9 +31,9 @@ from _common import RESULTS, add_dev_set_options, dev_sets, require  # noqa: E40
 
 from asit_embed import load_encoder  # noqa: E402
 from asit_embed.calibration import Calibration  # noqa: E402
+from asit_embed.scoring import ASNorm, checkpoint_scoring  # noqa: E402
 from asit_embed.training.metrics import PROTOCOLS, enrollment_split  # noqa: E402
 from asit_embed.training.open_set import calibrated_open_set, plot_open_set_det, protocol_trials  # noqa: E402
-from enroll.scoring import ASNorm, checkpoint_scoring  # noqa: E402
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ def worker(registry: str, namespace: str, journal: str, seed: int) -> None:
     from enroll import SpeakerRegistry
 
     rng = random.Random(seed)
-    reg = SpeakerRegistry(registry, encoder=load_encoder(), threshold=0.5)
+    reg = SpeakerRegistry(registry, encoder=load_encoder())
     if os.path.exists(journal) and not Path(journal).read_bytes().endswith(b"\n") and os.path.getsize(journal):
         with open(journal, "a") as log:  # a line cut by the kill: end it, so the next one starts afresh
             log.write("\n")
@@ -188,7 +188,7 @@ def main() -> int:
             from asit_embed import load_encoder
             from enroll import SpeakerRegistry
 
-            with SpeakerRegistry(registry, encoder=load_encoder(), threshold=0.5) as reg:
+            with SpeakerRegistry(registry, encoder=load_encoder()) as reg:
                 reg.backup(tmp / "backup")
             backup_state = registry_state(tmp / "backup")
         print(f"\r{acked()} operations acknowledged, {kills} kills", end="", flush=True)
@@ -202,7 +202,7 @@ def main() -> int:
     from enroll import SpeakerRegistry
 
     encoder = load_encoder()
-    with SpeakerRegistry(registry, encoder=encoder, threshold=0.5) as reg:
+    with SpeakerRegistry(registry, encoder=encoder) as reg:
         check = reg.check()
     final = registry_state(registry)
     problems = [] if check["ok"] else [f"check: {check['problems']}"]
@@ -215,7 +215,7 @@ def main() -> int:
         if have != done and have != maybe:
             problems.append(f"namespace {ns}: registry {len(have)} speakers does not match the journal "
                             f"({len(done)} acknowledged)")
-    with SpeakerRegistry(tmp / "backup", encoder=encoder, threshold=0.5) as bak:
+    with SpeakerRegistry(tmp / "backup", encoder=encoder) as bak:
         backup_check = bak.check()
     if not backup_check["ok"]:
         problems.append(f"backup check: {backup_check['problems']}")

@@ -26,7 +26,7 @@ from _common import RESULTS, add_dev_set_options, cached, dev_sets, print_tables
 from asit_embed import SpeakerEncoder, load_audio  # noqa: E402
 from asit_embed.checkpoint import load_checkpoint  # noqa: E402
 from asit_embed.encoder import default_checkpoint_path  # noqa: E402
-from enroll.scoring import DEFAULT_TOP_N, ASNorm  # noqa: E402
+from asit_embed.scoring import DEFAULT_TOP_N, ASNorm  # noqa: E402
 
 
 def setting(text: str) -> tuple[int, int]:

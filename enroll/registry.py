@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from asit_embed.calibration import Calibration, impostor_scores
+from asit_embed.scoring import ASNorm, checkpoint_scoring
 from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerError
 from enroll.index import IndexConfig, TemplateIndex
 from enroll.operating import DEFAULT_FAR, DEFAULT_FPIR, OperatingPoints
 from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
-from enroll.scoring import ASNorm, checkpoint_scoring
 from enroll.store import ClipRecord, Store
 
 log = logging.getLogger(__name__)

@@ -69,12 +69,12 @@ def test_enroll_cli_round_trip(cli_registry, capsys):
     assert "no speaker named 'alice'" in capsys.readouterr().err
 
 
-def test_embedding_commands_never_import_the_training_code(tmp_path, clip_rows):
+def test_embedding_commands_never_import_the_training_code_or_the_registry(tmp_path, clip_rows):
     import subprocess
     import sys
 
     script = ("import sys; from asit_embed.cli import main; rc = main(['embed', sys.argv[1], '--out', sys.argv[2]]); "
-              "bad = sorted(m for m in sys.modules if m.startswith('asit_embed.training')); print(bad); "
+              "bad = sorted(m for m in sys.modules if m.startswith(('asit_embed.training', 'enroll'))); print(bad); "
               "sys.exit(rc or bool(bad))")
     proc = subprocess.run([sys.executable, "-c", script, clip_rows[0]["path"], str(tmp_path / "e.npy")],
                           capture_output=True, text=True, timeout=300)

@@ -79,6 +79,23 @@ def test_plot_writes_png(tmp_path):
     assert image.shape[:2] == (round(4.2 * 110), 11 * 110) and image.std() > 0.05  # drawn, not blank
 
 
+def test_plot_histograms_cover_scores_beyond_the_cosine_range(tmp_path):
+    """AS-norm scores run past 1: every trial still lands in a bar, labelled with the scoring's name."""
+    rng = np.random.default_rng(4)
+    emb = np.repeat(rng.standard_normal((3, 8)), 6, axis=0) + 0.5 * rng.standard_normal((18, 8))
+    res = evaluate_embeddings(emb, [s for s in "xyz" for _ in range(6)], [f"{i:02d}" for i in range(18)], n_enroll=3,
+                              normalize=lambda cos, q, t: 5 * cos)  # a scale like AS-norm's
+    assert res.target_scores.max() > 1
+    fig = plot_evaluation(res, tmp_path / "eval.png", score_name="as-norm score")
+    hist = fig.axes[0]
+    heights = [p.get_height() for p in hist.patches]
+    widths = hist.patches[0].get_width()
+    scores = np.r_[res.target_scores, res.nontarget_scores]
+    assert hist.patches[0].get_x() <= scores.min() and hist.patches[58].get_x() + widths >= scores.max()
+    assert sum(heights[:59]) * widths == pytest.approx(1) and sum(heights[59:]) * widths == pytest.approx(1)
+    assert hist.get_xlabel() == "as-norm score"
+
+
 def test_word_protocol_drops_small_speakers_and_caps_probes():
     speakers = ["a"] * 30 + ["b"] * 9 + ["c"] * 5
     keys = [f"{s}{i:02d}" for s, i in zip(speakers, range(44))]

@@ -1,10 +1,10 @@
-"""AS-norm (enroll/scoring.py), the cohort the shipped checkpoint carries, and the registry scoring with it."""
+"""AS-norm (asit_embed/scoring.py), the cohort the shipped checkpoint carries, and the registry scoring with it."""
 
 import numpy as np
 import pytest
 
+from asit_embed.scoring import DEFAULT_TOP_N, ASNorm, cohort_clips
 from enroll import RegistryError, SpeakerRegistry
-from enroll.scoring import DEFAULT_TOP_N, ASNorm, cohort_clips
 
 
 def unit(x):

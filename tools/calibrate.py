@@ -23,60 +23,39 @@ Writes ``benchmarks/results/calibration.json`` with every number it stored.
 """
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, add_data_options, load_with_windows, train_and_dev
 
 from asit_embed import load_encoder
-from asit_embed.checkpoint import load_checkpoint, save_checkpoint
+from asit_embed.checkpoint import save_checkpoint
 from asit_embed.encoder import SpeakerEncoder
-from asit_embed.training.data import load_sources
+from asit_embed.scoring import ASNorm, cohort_clips
 from asit_embed.training.metrics import PROTOCOLS, eer, enrollment_split, evaluate_embeddings
 from asit_embed.training.open_set import dev_voices, pooled_calibration, protocol_trials
-from enroll.scoring import ASNorm, cohort_clips
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results"  # beside the other measurements of the shipped model
 FPIR_SIZES = (1, 5, 25, 100, 1000, 10000)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--manifest", type=Path, default=DATA / "speechocean762" / "manifest.csv")
-    p.add_argument("--words", type=Path, nargs="+", default=[DATA / "speech-commands-test" / "manifest.csv",
-                                                              DATA / "arabic-speech-commands" / "manifest.csv"])
+    add_data_options(p)
     p.add_argument("--calibrate-on", nargs="+", choices=("speechocean762", "words"), default=["speechocean762"],
                    help="dev sets whose impostor trials make the shipped calibration")
-    p.add_argument("--window-frames", type=int, help="windows of a long clip (default: the checkpoint's)")
-    p.add_argument("--hop-frames", type=int, help="hop between the windows of a long clip (default: the checkpoint's)")
     p.add_argument("--scoring", choices=("cosine", "as-norm"), default="cosine",
                    help="the scoring a registry uses with this checkpoint unless told otherwise")
     p.add_argument("--cohort-clips", type=int, default=4, help="AS-norm cohort: clips per training speaker")
     p.add_argument("--cohort-top-n", type=int, default=200, help="AS-norm: the top cohort scores each side's "
                                                                   "statistics come from")
     args = p.parse_args()
-    for path in (args.manifest, *args.words):
-        if not path.is_file():
-            p.error(f"manifest {path} not found: calibration needs the corpora of ../shared/data (pass --manifest / --words)")
     t0 = time.monotonic()
-    ckpt = load_checkpoint(args.checkpoint)
-    windows = {k: v for k, v in (("window_frames", args.window_frames), ("hop_frames", args.hop_frames)) if v is not None}
-    if windows:
-        try:  # the config checks the hop against the window
-            ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(**windows))
-        except ValueError as err:
-            p.error(f"--window-frames / --hop-frames: {err}")
+    ckpt = load_with_windows(p, args, "calibration")
     encoder = SpeakerEncoder(ckpt, precision="float32")  # the reference precision
-    dev = {"speechocean762": load_sources(args.manifest, role="dev"), "words": load_sources(args.words, role="dev")}
-    train = load_sources([args.manifest, *args.words], role="train")
+    train, dev = train_and_dev(args)
     picked = cohort_clips([it.path for it in train], [it.speaker for it in train], args.cohort_clips)
     cohort = encoder.embed_batch([train[i].path for i in picked], progress=True)
     n_speakers = len({train[i].speaker for i in picked})

@@ -182,7 +182,7 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
         n_enroll, max_probes, min_clips: the protocol (see :data:`PROTOCOLS`).
         open_set: also measure open-set identification (:func:`open_set_identification`; needs 4+ speakers).
         normalize: ``normalize(cosines, queries, templates)`` scores with another scoring than cosine (e.g.
-            AS-norm, :class:`enroll.scoring.ASNorm`'s ``score``), for every figure.
+            AS-norm, :class:`asit_embed.scoring.ASNorm`'s ``score``), for every figure.
 
     >>> rng = np.random.default_rng(0)
     >>> centres = rng.standard_normal((3, 16))
@@ -216,8 +216,9 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: Sequence[str], keys: S
                       if open_set else None)
 
 
-def plot_evaluation(result: EvalResult, path, *, title: str = ""):
-    """PNG with the target / non-target score histograms and the DET curve, EER marked on both.
+def plot_evaluation(result: EvalResult, path, *, title: str = "", score_name: str = "cosine score"):
+    """PNG with the target / non-target score histograms and the DET curve, EER marked on both; ``score_name``
+    labels the scores' axis (they may be on any scale, e.g. AS-norm's).
 
     Returns the (closed) matplotlib figure, for callers that want to inspect or restyle it.
     """
@@ -229,11 +230,12 @@ def plot_evaluation(result: EvalResult, path, *, title: str = ""):
     from sklearn.metrics import det_curve
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    bins = np.linspace(min(result.nontarget_scores.min(), result.target_scores.min()), 1, 60)
+    scores = np.r_[result.target_scores, result.nontarget_scores]
+    bins = np.linspace(scores.min(), scores.max(), 60)
     ax1.hist(result.nontarget_scores, bins=bins, density=True, alpha=0.6, label="non-target")
     ax1.hist(result.target_scores, bins=bins, density=True, alpha=0.6, label="target")
     ax1.axvline(result.eer_threshold, color="k", ls="--", lw=1, label=f"EER threshold {result.eer_threshold:.3f}")
-    ax1.set_xlabel("cosine score")
+    ax1.set_xlabel(score_name)
     ax1.legend()
     y = np.r_[np.ones_like(result.target_scores), np.zeros_like(result.nontarget_scores)]
     fpr, fnr, _ = det_curve(y, np.r_[result.target_scores, result.nontarget_scores])

@@ -36,8 +36,10 @@ class Checkpoint:
         """An :class:`ASiTEncoder` in eval mode with these weights."""
         model = ASiTEncoder(self.config)
         try:
+            if "whitening.mean" in self.state_dict or "whitening.matrix" in self.state_dict:
+                model.set_whitening(self.state_dict.get("whitening.mean"), self.state_dict.get("whitening.matrix"))
             model.load_state_dict(self.state_dict)
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             raise CheckpointError(f"checkpoint weights do not fit its config: {err}") from err
         return model.eval()
 

@@ -255,7 +255,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="what runs the network (onnx: ONNX Runtime, needs asit-embed[onnx])")
     e.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="auto: bfloat16 where the CPU/GPU runs it natively (about 2x faster, cosine >= 0.9999 to float32), else float32")
+                   help="auto: bfloat16 where the CPU/GPU runs it natively (about 2x faster, cosine >= 0.999 to float32), else float32")
     e.set_defaults(func=cmd_embed)
 
     sub.add_parser("doctor", formatter_class=_FORMAT, help="check that torchaudio imports; --fix makes it import on a CPU-only machine")

@@ -1,8 +1,11 @@
 """ONNX export of the encoder network and an ONNX Runtime stand-in for it (the ``backend="onnx"`` fast path).
 
 The exported graph takes ``spec (batch, n_mels, frames)`` and ``lengths (batch,)`` with dynamic batch and
-frame axes and returns the un-normalised embeddings, exactly like :meth:`ASiTEncoder.forward`; the
-front-end (fbank) and windowing stay in :class:`~asit_embed.SpeakerEncoder`, shared by every backend.
+frame axes and returns the un-normalised window embeddings, exactly like :meth:`ASiTEncoder.forward`; the
+front-end (fbank), windowing and the whitening of a clip's averaged embedding stay in
+:class:`~asit_embed.SpeakerEncoder`, shared by every backend. For other runtimes the graph's metadata holds
+the config, the fingerprint and, for a checkpoint with a :class:`~asit_embed.model.Whitening`, its ``mean``
+and ``matrix`` (``asit_embed.whitening``, JSON).
 """
 
 from __future__ import annotations
@@ -77,7 +80,11 @@ def export_onnx(model: ASiTEncoder, path: str | os.PathLike, *, fingerprint: str
                                             "embedding": {0: "batch"}},
                               opset_version=OPSET, dynamo=False)
         graph = onnx.load(tmp)
-        for key, value in (("asit_embed.config", json.dumps(c.to_dict())), ("asit_embed.fingerprint", fingerprint)):
+        metadata = {"asit_embed.config": json.dumps(c.to_dict()), "asit_embed.fingerprint": fingerprint}
+        if model.whitening is not None:
+            metadata["asit_embed.whitening"] = json.dumps({"mean": model.whitening.mean.tolist(),
+                                                           "matrix": model.whitening.matrix.tolist()})
+        for key, value in metadata.items():
             graph.metadata_props.add(key=key, value=value)
         onnx.save(graph, tmp)
         os.replace(tmp, path)

@@ -3,7 +3,9 @@
 The spectrogram ``(n_mels, frames)`` is cut into patches (square ``16×16`` or frame-like ``128×2``, with an
 optional stride for overlap), a CLS token is prepended, and pre-norm transformer blocks mix them. The
 embedding head fuses the *global* CLS token with *local* attentive statistics pooled over the patch tokens
-and projects the result to the speaker-embedding size.
+and projects the result to the speaker-embedding size. A checkpoint may carry a fixed :class:`Whitening`,
+fitted on the training speakers' embeddings once training is done (``tools/whiten.py``), which
+:class:`~asit_embed.encoder.SpeakerEncoder` applies to a clip's embedding after averaging its windows.
 
 Tokens are ordered time-major (all frequency patches of time step 0, then of step 1, ...), so the valid
 tokens of a zero-padded clip always form a prefix and a batch of clips of different lengths gives the same
@@ -95,6 +97,33 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+class Whitening(nn.Module):
+    """A fixed affine map of the unit-norm embedding, ``(e / |e| - mean) @ matrix``, fitted after training.
+
+    ``tools/whiten.py`` fits it as a linear discriminant analysis of the training speakers' embeddings
+    (:func:`asit_embed.training.backend.fit_whitening`): centred, and scaled so that the spread of one
+    speaker's clips is the same in every direction, which cosine scoring assumes. It is part of the weights
+    (the fingerprint includes it) but not of :meth:`ASiTEncoder.forward` (nor of the ONNX graph): it maps a
+    clip's embedding, the average of its windows' (:meth:`ASiTEncoder.whiten`), in float32 under any autocast.
+
+    >>> w = Whitening(torch.zeros(4), torch.eye(4))
+    >>> w(torch.tensor([[3.0, 0.0, 4.0, 0.0]]))
+    tensor([[0.6000, 0.0000, 0.8000, 0.0000]])
+    """
+
+    def __init__(self, mean: torch.Tensor, matrix: torch.Tensor):
+        super().__init__()
+        if mean.ndim != 1 or matrix.shape != (len(mean), len(mean)):
+            raise ValueError(f"whitening needs a (d,) mean and a (d, d) matrix, got {tuple(mean.shape)} and "
+                             f"{tuple(matrix.shape)}")
+        self.register_buffer("mean", mean.detach().float().clone())
+        self.register_buffer("matrix", matrix.detach().float().clone())
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(e.device.type, enabled=False):
+            return (F.normalize(e.float(), dim=1) - self.mean) @ self.matrix
+
+
 class ASiTEncoder(nn.Module):
     """Spectrogram Vision Transformer with a local–global speaker-embedding head.
 
@@ -117,6 +146,7 @@ class ASiTEncoder(nn.Module):
         self.pool = AttentiveStatisticsPooling(d, attention_channels=config.pool_attention_dim)
         self.head = nn.Linear(3 * d, config.embedding_dim)
         self.head_norm = nn.BatchNorm1d(config.embedding_dim)
+        self.whitening: Whitening | None = None  # set by set_whitening (state_dict keys "whitening.*")
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
@@ -185,9 +215,26 @@ class ASiTEncoder(nn.Module):
         return self.head_norm(self.head(torch.cat([cls, stats], dim=1)))
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Speaker embeddings (not yet unit-normalised): ``(batch, embedding_dim)`` float32."""
+        """Speaker embeddings of windows (not yet unit-normalised, nor whitened): ``(batch, embedding_dim)``."""
         tokens, mask = self.forward_features(spec, lengths)
         return self.forward_head(tokens, mask)
+
+    def whiten(self, e: torch.Tensor) -> torch.Tensor:
+        """Clip embeddings ``(batch, embedding_dim)`` through the :class:`Whitening`, if the model has one
+        (unit-normalised first either way)."""
+        return F.normalize(e.float(), dim=1) if self.whitening is None else self.whitening(e)
+
+    def set_whitening(self, mean: torch.Tensor | None, matrix: torch.Tensor | None = None) -> None:
+        """Add (or replace) the :class:`Whitening` of clip embeddings; ``None`` removes it."""
+        if mean is None:
+            self.whitening = None
+            return
+        d = self.config.embedding_dim
+        if matrix is None:
+            raise ValueError("a whitening needs a matrix beside its mean")
+        if tuple(mean.shape) != (d,):
+            raise ValueError(f"whitening mean of shape {tuple(mean.shape)} does not fit embedding_dim {d}")
+        self.whitening = Whitening(mean, matrix).to(self.head.weight.device)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -203,4 +250,4 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
 
-__all__ = ["EncoderConfig", "ASiTEncoder", "PatchEmbed", "Attention", "Block", "asit_tiny", "asit_small"]
+__all__ = ["EncoderConfig", "ASiTEncoder", "Whitening", "PatchEmbed", "Attention", "Block", "asit_tiny", "asit_small"]

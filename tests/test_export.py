@@ -76,3 +76,32 @@ def test_cli_embed_with_the_onnx_backend(tmp_path, clip_rows, encoder, monkeypat
     out = tmp_path / "e.npy"
     assert cli(["embed", clip_rows[0]["path"], "--backend", "onnx", "--out", str(out)]) == 0
     assert float(np.load(out)[0] @ encoder.embed(clip_rows[0]["path"])) >= 0.9999
+
+
+def test_exported_graph_and_its_metadata_reproduce_a_clip_embedding(tmp_path, encoder, clip_rows):
+    """What another runtime needs is in the file: windows through the graph, averaged, whitened per metadata."""
+    import onnxruntime
+    import torch
+
+    from asit_embed.features import features
+
+    out = tmp_path / "encoder.onnx"
+    assert cli(["export", "--onnx", str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    whitening = json.loads(meta["asit_embed.whitening"])  # the shipped default is whitened
+    mean, matrix = np.asarray(whitening["mean"]), np.asarray(whitening["matrix"])
+    assert matrix.shape == (encoder.dim, encoder.dim)
+
+    row = max(clip_rows, key=lambda r: float(r["seconds"]))  # several windows
+    feats = features(torch.from_numpy(encoder.prepare(row["path"])), encoder.config.front_end).numpy()
+    windows = encoder.windows(feats.shape[0])
+    assert len(windows) > 1
+    total = np.zeros(encoder.dim)
+    for a, b in windows:
+        e = session.run(None, {"spec": feats[a:b].T[None].astype(np.float32), "lengths": np.array([b - a])})[0][0]
+        total += e / np.linalg.norm(e)
+    clip = total / np.linalg.norm(total)
+    clip = (clip - mean) @ matrix
+    clip /= np.linalg.norm(clip)
+    assert float(clip @ encoder.embed(row["path"])) >= 0.9999

@@ -26,9 +26,9 @@ def test_bfloat16_matches_float32(encoder, bf16_encoder, clip_rows):
     for batch in (1, 16):
         out = bf16_encoder.embed_batch(paths, batch_size=batch)
         assert out.dtype == np.float32 and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
-        assert (np.sum(out * ref, axis=1) >= 0.9999).all(), np.sum(out * ref, axis=1).min()
+        assert (np.sum(out * ref, axis=1) >= 0.999).all(), np.sum(out * ref, axis=1).min()
     cos = float(bf16_encoder.embed(long, encoder.sample_rate) @ encoder.embed(long, encoder.sample_rate))
-    assert cos >= 0.9999
+    assert cos >= 0.999
     assert bf16_encoder.fingerprint == encoder.fingerprint  # same model: registries are interchangeable
 
 
@@ -63,7 +63,7 @@ def test_cli_embed_in_bfloat16(tmp_path, clip_rows, encoder):
         pytest.skip("this CPU has no native bfloat16 kernels")
     out = tmp_path / "e.npy"
     assert cli(["embed", clip_rows[0]["path"], "--precision", "bfloat16", "--out", str(out)]) == 0
-    assert float(np.load(out)[0] @ encoder.embed(clip_rows[0]["path"])) >= 0.9999
+    assert float(np.load(out)[0] @ encoder.embed(clip_rows[0]["path"])) >= 0.999
 
 
 def test_registry_built_in_one_precision_serves_the_other(cli_registry, capsys):

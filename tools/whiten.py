@@ -1,0 +1,103 @@
+"""Add a whitening of a trained checkpoint's clip embeddings, fitted on its training speakers.
+
+    python tools/whiten.py runs/ft/final.pt runs/ft/whitened.pt [--window-frames 300 --hop-frames 300]
+                           [--shrinkage 0.1 0.05 0.2]
+
+Every ``train`` clip of the three corpora is embedded with the checkpoint (with the windows given,
+which are stored in the output's config), and :func:`asit_embed.training.backend.fit_whitening` fits the
+map (a linear discriminant analysis with the first ``--shrinkage``); the output is the checkpoint with that
+:class:`asit_embed.model.Whitening` in its weights, so its fingerprint changes. ``tools/calibrate.py`` then
+turns it into a shipped default. No ``dev`` audio is used for the fit.
+
+Each ``--shrinkage`` given is fitted and scored, beside the checkpoint without whitening, on both dev sets
+(their protocols, ``asit_embed.training.metrics.PROTOCOLS``), with cosine and with AS-norm (4 clips of every
+training speaker, top 200, as ``tools/calibrate.py`` ships it): ``benchmarks/results/whitening.json``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import RESULTS, add_data_options, load_with_windows, train_and_dev
+
+from asit_embed.checkpoint import save_checkpoint
+from asit_embed.encoder import SpeakerEncoder
+from asit_embed.scoring import ASNorm, cohort_clips
+from asit_embed.training.backend import DEFAULT_SHRINKAGE, fit_whitening
+from asit_embed.training.metrics import PROTOCOLS, evaluate_embeddings
+
+COHORT_CLIPS, COHORT_TOP_N = 4, 200  # tools/calibrate.py's defaults
+# metadata measured on the embeddings, which the whitening changes: tools/calibrate.py makes it anew
+CALIBRATION_KEYS = ("scoring", "threshold", "threshold_asnorm", "cohort", "cohort_top_n", "calibrations", "calibration")
+
+
+def dev_figures(encoder: SpeakerEncoder, dev: dict, cohort_paths: list[str], cohort: np.ndarray | None = None) -> dict:
+    """``{scoring: {dev set: summary}}`` for cosine and AS-norm; ``cohort``: its embeddings, if already made."""
+    if cohort is None:
+        cohort = encoder.embed_batch(cohort_paths)
+    as_norm = ASNorm(cohort, top_n=COHORT_TOP_N).score
+    out = {"cosine": {}, "as-norm": {}}
+    for name, items in dev.items():
+        emb = encoder.embed_batch([it.path for it in items])
+        speakers, keys = [it.speaker for it in items], [it.path for it in items]
+        for scoring, normalize in (("cosine", None), ("as-norm", as_norm)):
+            res = evaluate_embeddings(emb, speakers, keys, open_set=True, normalize=normalize, **PROTOCOLS[name])
+            out[scoring][name] = res.summary()
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_options(p)
+    p.add_argument("--shrinkage", type=float, nargs="+", default=[DEFAULT_SHRINKAGE],
+                   help="of the within-speaker covariance; the first is written to OUT, every one is scored")
+    p.add_argument("--result", type=Path, default=RESULTS / "whitening.json")
+    args = p.parse_args()
+    t0 = time.monotonic()
+    ckpt = load_with_windows(p, args, "the fit")
+    if any(k.startswith("whitening.") for k in ckpt.state_dict):
+        p.error(f"{args.checkpoint} is whitened already")
+    train, dev = train_and_dev(args)
+    plain = SpeakerEncoder(ckpt)  # bfloat16 where native: the precision users embed in (cosine >= 0.999)
+    emb = plain.embed_batch([it.path for it in train], progress=True)
+    speakers = [it.speaker for it in train]
+    picked = cohort_clips([it.path for it in train], speakers, COHORT_CLIPS)
+    cohort_paths = [train[i].path for i in picked]
+    rows = [{"system": "no whitening", **dev_figures(plain, dev, cohort_paths, emb[picked])}]
+
+    for i, shrinkage in enumerate(args.shrinkage):
+        mean, matrix = fit_whitening(emb, speakers, shrinkage=shrinkage)
+        model = ckpt.build()
+        model.set_whitening(torch.from_numpy(mean), torch.from_numpy(matrix))
+        whitened = SpeakerEncoder.from_model(model, metadata=ckpt.metadata)
+        rows.append({"system": f"whitened, shrinkage {shrinkage:g}", "shrinkage": shrinkage,
+                     **dev_figures(whitened, dev, cohort_paths)})
+        if i == 0:
+            kept = {k: v for k, v in ckpt.metadata.items() if k not in CALIBRATION_KEYS}
+            metadata = {**kept, "whitening": {
+                "fit": "asit_embed.training.backend.fit_whitening", "shrinkage": shrinkage,
+                "data": f"{len(train)} train-role clips of the {len(set(speakers))} training speakers of the three "
+                        f"corpora, embedded with windows of {ckpt.config.window_frames} frames"}}
+            save_checkpoint(args.out, model, metadata=metadata)
+            fingerprint = whitened.fingerprint
+    for row in rows:
+        print(f"{row['system']:<28}", "  ".join(
+            f"{scoring} {name}: top-1 {m['top1']:.1%} EER {m['eer']:.2%} minDCF {m['min_dcf']:.3f} "
+            f"os-EER {m['open_set_eer']:.1%} TPIR {m['tpir_at_fpir']:.1%}"
+            for scoring in ("as-norm",) for name, m in row[scoring].items()))
+    report = {"checkpoint": str(args.checkpoint), "out": str(args.out), "fingerprint": fingerprint,
+              "window_frames": ckpt.config.window_frames, "hop_frames": ckpt.config.hop_frames,
+              "train_clips": len(train), "train_speakers": len(set(speakers)),
+              "cohort": f"{COHORT_CLIPS} clips per training speaker, top {COHORT_TOP_N}", "rows": rows,
+              "seconds": round(time.monotonic() - t0, 1)}
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

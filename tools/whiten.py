@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from _common import RESULTS, add_data_options, load_with_windows, train_and_dev
 
-from asit_embed.checkpoint import save_checkpoint
+from asit_embed.checkpoint import fingerprint as checkpoint_fingerprint, save_checkpoint
 from asit_embed.encoder import SpeakerEncoder
 from asit_embed.scoring import ASNorm, cohort_clips
 from asit_embed.training.backend import DEFAULT_SHRINKAGE, fit_whitening
@@ -35,14 +35,12 @@ COHORT_CLIPS, COHORT_TOP_N = 4, 200  # tools/calibrate.py's defaults
 CALIBRATION_KEYS = ("scoring", "threshold", "threshold_asnorm", "cohort", "cohort_top_n", "calibrations", "calibration")
 
 
-def dev_figures(encoder: SpeakerEncoder, dev: dict, cohort_paths: list[str], cohort: np.ndarray | None = None) -> dict:
-    """``{scoring: {dev set: summary}}`` for cosine and AS-norm; ``cohort``: its embeddings, if already made."""
-    if cohort is None:
-        cohort = encoder.embed_batch(cohort_paths)
+def dev_figures(dev: dict, cohort: np.ndarray) -> dict:
+    """``{scoring: {dev set: summary}}`` for cosine and AS-norm, from each dev set's ``(items, embeddings)``
+    and the cohort's embeddings."""
     as_norm = ASNorm(cohort, top_n=COHORT_TOP_N).score
     out = {"cosine": {}, "as-norm": {}}
-    for name, items in dev.items():
-        emb = encoder.embed_batch([it.path for it in items])
+    for name, (items, emb) in dev.items():
         speakers, keys = [it.speaker for it in items], [it.path for it in items]
         for scoring, normalize in (("cosine", None), ("as-norm", as_norm)):
             res = evaluate_embeddings(emb, speakers, keys, open_set=True, normalize=normalize, **PROTOCOLS[name])
@@ -62,20 +60,26 @@ def main() -> int:
     if any(k.startswith("whitening.") for k in ckpt.state_dict):
         p.error(f"{args.checkpoint} is whitened already")
     train, dev = train_and_dev(args)
+    # The whitening maps a clip's finished embedding (SpeakerEncoder applies it after averaging the windows),
+    # so every row scores the same plain embeddings, each mapped through its whitening: one embedding pass.
     plain = SpeakerEncoder(ckpt)  # bfloat16 where native: the precision users embed in (cosine >= 0.999)
     emb = plain.embed_batch([it.path for it in train], progress=True)
     speakers = [it.speaker for it in train]
     picked = cohort_clips([it.path for it in train], speakers, COHORT_CLIPS)
-    cohort_paths = [train[i].path for i in picked]
-    rows = [{"system": "no whitening", **dev_figures(plain, dev, cohort_paths, emb[picked])}]
+    dev = {name: (items, plain.embed_batch([it.path for it in items], progress=True)) for name, items in dev.items()}
+    rows = [{"system": "no whitening", **dev_figures(dev, emb[picked])}]
 
     for i, shrinkage in enumerate(args.shrinkage):
         mean, matrix = fit_whitening(emb, speakers, shrinkage=shrinkage)
         model = ckpt.build()
         model.set_whitening(torch.from_numpy(mean), torch.from_numpy(matrix))
-        whitened = SpeakerEncoder.from_model(model, metadata=ckpt.metadata)
+
+        def whiten(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model.whiten(torch.from_numpy(x)).numpy()
+
         rows.append({"system": f"whitened, shrinkage {shrinkage:g}", "shrinkage": shrinkage,
-                     **dev_figures(whitened, dev, cohort_paths)})
+                     **dev_figures({n: (items, whiten(e)) for n, (items, e) in dev.items()}, whiten(emb[picked]))})
         if i == 0:
             kept = {k: v for k, v in ckpt.metadata.items() if k not in CALIBRATION_KEYS}
             metadata = {**kept, "whitening": {
@@ -83,7 +87,7 @@ def main() -> int:
                 "data": f"{len(train)} train-role clips of the {len(set(speakers))} training speakers of the three "
                         f"corpora, embedded with windows of {ckpt.config.window_frames} frames"}}
             save_checkpoint(args.out, model, metadata=metadata)
-            fingerprint = whitened.fingerprint
+            fingerprint = checkpoint_fingerprint(model.config, model.state_dict())
     for row in rows:
         print(f"{row['system']:<28}", "  ".join(
             f"{scoring} {name}: top-1 {m['top1']:.1%} EER {m['eer']:.2%} minDCF {m['min_dcf']:.3f} "

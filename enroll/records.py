@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 MAX_NAME = 100
 
@@ -33,6 +36,38 @@ class Turn:
 
     def to_dict(self) -> dict:
         return {"start": self.start, "end": self.end, "name": self.name, "score": round(float(self.score), 4)}
+
+
+def merge_turns(spans: Sequence[tuple[float, float]], answers: Sequence[tuple[str | None, float]], *,
+                hop: float) -> list[Turn]:
+    """Turns from consecutive segments (``spans``, their ``(start, end)`` in seconds) and the answer for each
+    (``(name or None, score)``): each segment stands for the ``hop`` seconds around its centre (the first from
+    0, the last to the end of the last segment), consecutive segments of one answer merge, and a single
+    segment between two turns of one speaker joins them (a dip, not a change of voice).
+
+    >>> spans = [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0), (3.0, 5.0)]
+    >>> merge_turns(spans, [("ada", 1.0), (None, 0.5), ("ada", 0.0), ("bob", 0.75)], hop=1.0)
+    [Turn(start=0.0, end=3.5, name='ada', score=0.5), Turn(start=3.5, end=5.0, name='bob', score=0.75)]
+    """
+    turns: list[list] = []
+    for i, ((a, b), (name, score)) in enumerate(zip(spans, answers)):
+        centre = (a + b) / 2
+        start = 0.0 if i == 0 else max(turns[-1][1], centre - hop / 2)
+        end = spans[-1][1] if i == len(spans) - 1 else centre + hop / 2
+        if turns and turns[-1][2] == name and abs(turns[-1][1] - start) < 1e-6:
+            turns[-1][1] = end
+            turns[-1][3].append(score)
+        else:
+            turns.append([start, end, name, [score]])
+    i = 1
+    while i < len(turns) - 1:
+        before, this, after = turns[i - 1], turns[i], turns[i + 1]
+        if before[2] == after[2] and len(this[3]) == 1:
+            before[1], before[3] = after[1], before[3] + this[3] + after[3]
+            del turns[i:i + 2]
+        else:
+            i += 1
+    return [Turn(round(a, 3), round(b, 3), n, float(np.mean(s))) for a, b, n, s in turns]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ proposes candidates; their scores are always computed exactly from the templates
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -23,7 +22,8 @@ from asit_embed.scoring import ASNorm, checkpoint_scoring
 from enroll.errors import EncoderMismatchError, RegistryError, UnknownSpeakerError
 from enroll.index import IndexConfig, TemplateIndex
 from enroll.operating import DEFAULT_FAR, DEFAULT_FPIR, OperatingPoints
-from enroll.records import Match, Speaker, Turn, normalize_name, validate_name
+from enroll.inputs import check_k, clip_rate, embedding_records, unit_rows
+from enroll.records import Match, Speaker, Turn, merge_turns, normalize_name, validate_name
 from enroll.store import ClipRecord, Store
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class SpeakerRegistry:
         else:
             names, rows = [], []
             for name, clips in (speakers.items() if isinstance(speakers, Mapping) else speakers):
-                recs = (self._embedding_records(name, clips) if embeddings
+                recs = (embedding_records(name, clips, self.dim) if embeddings
                         else self._clip_records(name, clips, sample_rate, "calibrate(..., embeddings=True)"))
                 names += [name] * len(recs)
                 rows += [r.embedding for r in recs]
@@ -319,44 +319,16 @@ class SpeakerRegistry:
         if not clips:
             raise ValueError(f"no clips given to enroll {name!r}")
         for clip in clips:
-            _rate(clip, sample_rate, instead)
+            clip_rate(clip, sample_rate, instead)
         return [ClipRecord(emb, seconds, sha256) for emb, seconds, sha256 in self.encoder._embed_described(
             clips, sample_rate=sample_rate, vad=self.vad, progress=progress)]
-
-    def _embedding_records(self, name: str, vectors) -> list[ClipRecord]:
-        embeddings = self._unit_rows(vectors, f"embeddings of {name!r}")
-        if not len(embeddings):
-            raise ValueError(f"no embeddings given to enroll {name!r}")
-        return [ClipRecord(emb, None, hashlib.sha256(emb.tobytes()).hexdigest()) for emb in embeddings]
-
-    def _unit_rows(self, vectors, what: str) -> np.ndarray:
-        """``vectors``, ``(dim,)`` or ``(n, dim)`` numbers, checked and returned as ``(n, dim)`` float32 rows
-        of unit norm."""
-        if isinstance(vectors, torch.Tensor):
-            vectors = vectors.detach().cpu().float().numpy()
-        try:
-            x = np.asarray(vectors)
-        except ValueError as err:  # a ragged list
-            raise ValueError(f"{what} must have shape ({self.dim},) or (n, {self.dim}): {err}") from None
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"{what} must be numeric arrays, got {type(vectors).__name__} of dtype {x.dtype} "
-                            "(audio clips go to enroll(), identify() and verify())")
-        x = x.reshape(0, self.dim) if x.shape == (0,) else x[None] if x.ndim == 1 else x  # [] is no vectors
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{what} must have shape ({self.dim},) or (n, {self.dim}), got {np.shape(vectors)}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        norm = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64))
-        bad = np.flatnonzero(~(np.isfinite(norm) & (norm > 0)))
-        if len(bad):
-            raise ValueError(f"{what}: row {bad[0]} has NaN/Inf values or zero norm")
-        return (x / norm[:, None]).astype(np.float32)
 
     def _embed_query(self, clip, sample_rate: int | None, caller: str) -> np.ndarray:
         """The ``(dim,)`` embedding of one query clip."""
         if isinstance(clip, (list, tuple)):
             raise TypeError(f"{caller}() takes one clip, got a {type(clip).__name__}; for many clips use "
                             "identify_embeddings(registry.encoder.embed_batch(clips))")
-        return self.encoder.embed(clip, _rate(clip, sample_rate, "identify_embeddings()"), vad=self.vad)
+        return self.encoder.embed(clip, clip_rate(clip, sample_rate, "identify_embeddings()"), vad=self.vad)
 
     # --- enrollment -----------------------------------------------------------------------------------------
     def enroll(self, name: str, clips, *, sample_rate: int | None = None, replace: bool = False,
@@ -386,7 +358,7 @@ class SpeakerRegistry:
         3
         """
         name = validate_name(name)
-        records = self._embedding_records(name, vectors)
+        records = embedding_records(name, vectors, self.dim)
         self._store.add_many([(name, records)], replace=replace, allow_duplicates=allow_duplicates)
         self._sync()
         return self.speaker(name)
@@ -417,7 +389,7 @@ class SpeakerRegistry:
             if name in seen:
                 raise ValueError(f"speaker {name!r} is given twice; merge its clips into one entry")
             seen.add(name)
-            batch.append((name, self._embedding_records(name, clips) if embeddings else
+            batch.append((name, embedding_records(name, clips, self.dim) if embeddings else
                           self._clip_records(name, clips, sample_rate, "enroll_many(..., embeddings=True)")))
         if batch:
             self._store.add_many(batch, replace=replace, allow_duplicates=allow_duplicates)
@@ -428,7 +400,7 @@ class SpeakerRegistry:
     def identify(self, clip, *, k: int = 5, sample_rate: int | None = None) -> list[Match]:
         """Best ``k`` speakers for one clip (as for :meth:`enroll`), best first; nobody accepted means
         "unknown". Many clips, or precomputed embeddings: :meth:`identify_embeddings`."""
-        _check_k(k)
+        check_k(k)
         return self.identify_embeddings(self._embed_query(clip, sample_rate, "identify"), k=k)[0]
 
     def identify_embeddings(self, vectors, *, k: int = 5) -> list[list[Match]]:
@@ -444,8 +416,8 @@ class SpeakerRegistry:
         >>> [row[0].accepted for row in reg.identify_embeddings(np.stack([e[0], e[1]]), k=1)]
         [True, False]
         """
-        _check_k(k)
-        queries = self._unit_rows(vectors, "query embeddings")
+        check_k(k)
+        queries = unit_rows(vectors, self.dim, "query embeddings")
         self._sync()
         return [m for i in range(0, len(queries), QUERY_BLOCK) for m in self._rank(queries[i:i + QUERY_BLOCK], k)]
 
@@ -472,33 +444,14 @@ class SpeakerRegistry:
         :class:`Turn`; ``name`` None where nobody enrolled matches. Each segment stands for the ``hop``
         seconds around its centre (the first from 0, the last to the end); a single segment between two
         turns of one speaker joins them."""
-        segments = self.encoder.embed_segments(clip, _rate(clip, sample_rate, "track"), window=window, hop=hop,
+        segments = self.encoder.embed_segments(clip, clip_rate(clip, sample_rate, "track"), window=window, hop=hop,
                                                vad=self.vad)
         if not segments:
             return []
         best = [m[0] if m else None for m in self.identify_embeddings(np.stack([s.embedding for s in segments]), k=1)]
-        turns: list[list] = []
-        for i, (seg, m) in enumerate(zip(segments, best)):
-            centre = (seg.start + seg.end) / 2
-            start = 0.0 if i == 0 else max(turns[-1][1], centre - hop / 2)
-            end = segments[-1].end if i == len(segments) - 1 else centre + hop / 2
-            name = m.name if m is not None and m.accepted else None
-            score = m.score if m is not None else float("nan")
-            if turns and turns[-1][2] == name and abs(turns[-1][1] - start) < 1e-6:
-                turns[-1][1] = end
-                turns[-1][3].append(score)
-            else:
-                turns.append([start, end, name, [score]])
-        # A one-segment turn between two turns of one speaker is that speaker (a dip, not a change of voice).
-        i = 1
-        while i < len(turns) - 1:
-            before, this, after = turns[i - 1], turns[i], turns[i + 1]
-            if before[2] == after[2] and len(this[3]) == 1:
-                before[1], before[3] = after[1], before[3] + this[3] + after[3]
-                del turns[i:i + 2]
-            else:
-                i += 1
-        return [Turn(round(a, 3), round(b, 3), n, float(np.mean(s))) for a, b, n, s in turns]
+        return merge_turns([(seg.start, seg.end) for seg in segments],
+                           [(m.name if m.accepted else None, m.score) if m is not None else (None, float("nan"))
+                            for m in best], hop=hop)
 
     def verify(self, name: str, clip, *, sample_rate: int | None = None) -> Match:
         """Score one clip (as for :meth:`enroll`) against ``name``'s template; ``accepted`` says whether it
@@ -567,10 +520,10 @@ class SpeakerRegistry:
     def identify_batch(self, clips: Sequence, *, k: int = 5, sample_rate: int | None = None) -> list[list[Match]]:
         """Deprecated: use ``identify_embeddings(registry.encoder.embed_batch(clips), k=k)``."""
         _deprecated("identify_batch()", "identify_embeddings(registry.encoder.embed_batch(clips), k=k)")
-        _check_k(k)
+        check_k(k)
         clips = list(clips)
         for clip in clips:
-            _rate(clip, sample_rate, "identify_embeddings()")
+            clip_rate(clip, sample_rate, "identify_embeddings()")
         return self.identify_embeddings(self.encoder.embed_batch(clips, sample_rate=sample_rate), k=k)
 
     def rank(self, queries: np.ndarray, *, k: int = 5) -> list[list[Match]]:
@@ -589,22 +542,6 @@ class SpeakerRegistry:
         """Deprecated: internal; use :meth:`stats`."""
         _deprecated("index", "stats()")
         return self._index
-
-
-def _rate(clip, sample_rate: int | None, instead: str) -> int | None:
-    """The rate to decode ``clip`` with: ``sample_rate`` for a waveform array, which needs one; None for an
-    encoded clip (a path, bytes, a file object), which carries its own."""
-    if not isinstance(clip, (np.ndarray, torch.Tensor)):
-        return None
-    if sample_rate is None:
-        raise TypeError(f"got an array of shape {tuple(clip.shape)} but no sample_rate: pass sample_rate= if it "
-                        f"is a waveform, or use {instead} if it holds precomputed embeddings")
-    return sample_rate
-
-
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a whole number of at least 1, got {k!r}")
 
 
 def _deprecated(old: str, new: str) -> None:

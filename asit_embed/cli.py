@@ -65,6 +65,8 @@ TRAIN_HELP = {
     "w_relation": "with --w-teacher: weight of matching the teacher's pairwise cosines within a batch; 0: off",
     "min_crop_frames": "cut each batch to a random length from this many frames to the full crop "
                        "(e.g. 100: 1 s, for one-second clips); 0: full crops",
+    "train_crop_frames": "training crop in frames (e.g. 300: the 3 s inference windows); 0: the encoder's "
+                         "crop (--crop-frames, or --init's)",
     "progress": "progress bar per epoch",
 }
 

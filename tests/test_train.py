@@ -11,6 +11,7 @@ import torch
 
 from asit_embed.training.augment import AugmentConfig
 from asit_embed.checkpoint import load_checkpoint
+from asit_embed.model import ASiTEncoder
 from asit_embed.training.train import TrainConfig, random_length, train
 
 TINY = dict(width=64, depth=2, num_heads=2, pool_attention_dim=16, embedding_dim=32, crop_frames=100,
@@ -58,6 +59,26 @@ def test_resume_equals_uninterrupted_run(tmp_path, clips_manifest):
     b = torch.load(os.path.join(part.out_dir, "last.pt"), weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in read_log(full.out_dir)] == [r["loss"] for r in read_log(part.out_dir)]
+
+
+@pytest.mark.slow
+def test_train_crop_frames_feeds_longer_crops_to_the_same_table(tmp_path, clips_manifest, monkeypatch):
+    seen = []
+    forward = ASiTEncoder.forward_features
+
+    def spy(self, spec, lengths=None):
+        if self.training:
+            seen.append(spec.shape[2])
+        return forward(self, spec, lengths)
+
+    monkeypatch.setattr(ASiTEncoder, "forward_features", spy)
+    cfg = config(tmp_path, clips_manifest, epochs=1, train_crop_frames=160)
+    train(cfg)
+    assert seen and set(seen) == {160}  # TINY's own crop is 100 frames
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "final.pt"))
+    assert ckpt.config.crop_frames == 100  # the positional table keeps its size; longer inputs stretch it
+    with pytest.raises(ValueError, match="train_crop_frames"):
+        TrainConfig(data="x.csv", train_crop_frames=-1)
 
 
 def test_random_length_cuts_the_whole_batch_to_one_stretch():

@@ -62,6 +62,10 @@ class TrainConfig(LoopConfig):
     # > 0: each batch is cut to a random length between this many frames and the full crop, so the network also
     # learns from the short inputs that one-second clips give it at inference (0: every batch is a full crop)
     min_crop_frames: int = 0
+    # training crops in frames; 0: the encoder's own crop (the length its positional table was made for).
+    # Longer crops stretch that table as the inference windows of long clips do (e.g. 300: train on the 3 s
+    # windows a long clip is embedded in)
+    train_crop_frames: int = 0
     # distillation from the Resemblyzer teacher (needs asit-embed[train]); 0 switches it off
     w_teacher: float = 0.0
     teacher_cache: str | None = None           # .npz of the teacher's embeddings (default: in the run folder)
@@ -94,6 +98,8 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"head_init {self.head_init!r} must be 'random' or 'centroids'")
         if self.min_crop_frames < 0:
             raise ValueError(f"min_crop_frames {self.min_crop_frames} must be >= 0")
+        if self.train_crop_frames < 0:
+            raise ValueError(f"train_crop_frames {self.train_crop_frames} must be >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -253,7 +259,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
     # The ASiT encoder's crop fills its positional table; another network takes the default crop (2 s).
     asit = isinstance(network.module, ASiTEncoder)
     enc_cfg = network.module.config if asit else EncoderConfig()
-    crop_samples = samples_for_frames(enc_cfg.crop_frames, enc_cfg.front_end)
+    crop_samples = samples_for_frames(cfg.train_crop_frames or enc_cfg.crop_frames, enc_cfg.front_end)
     data = CropDataset(train_items, labels, crop_samples=crop_samples, sample_rate=SAMPLE_RATE,
                        speed_factors=cfg.speed_speakers)
     teacher = _teacher_targets(cfg, train_items, run, world, main) if cfg.w_teacher > 0 else None

@@ -98,11 +98,11 @@ def test_whitening_of_the_wrong_size_is_refused(model):
 
 
 def test_fine_tuning_from_a_whitened_checkpoint_drops_the_whitening(model, caplog):
-    from asit_embed.training.train import load_init
+    from asit_embed.training.finetune import load_init
 
     state = _whiten(model).state_dict()
     fresh = ASiTEncoder(model.config)
-    with caplog.at_level(logging.INFO, logger="asit_embed.training.train"):
+    with caplog.at_level(logging.INFO, logger="asit_embed.training.finetune"):
         load_init(fresh, state, "w.pt")
     assert fresh.whitening is None and "whitening" in caplog.text
     assert torch.equal(fresh.head.weight, model.head.weight)

@@ -40,7 +40,8 @@ from asit_embed.model import ASiTEncoder, EncoderConfig
 from asit_embed.training.ssl_objectives import (crop_pair, distill_loss, gmml_corrupt, gmml_mask, koleo_loss,
                                        mean_pairwise_cosine, reconstruction_loss, target_entropy,
                                        teacher_log_probs)
-from asit_embed.training.train import epoch_order, feature_stats, load_init
+from asit_embed.training.finetune import load_init
+from asit_embed.training.train import epoch_order, feature_stats
 from asit_embed.training.runs import Budget, LoopConfig, RunFolder, cosine, lr_at, read_log, seed_all
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from asit_embed.features import features, samples_for_frames
 from asit_embed.model import ASiTEncoder, EncoderConfig
 from asit_embed.training.augment import AugmentConfig, Augmenter
 from asit_embed.training.data import CropDataset, Item, SpeakerLabels, corpus_weights, load_sources, load_waveforms
+from asit_embed.training.finetune import class_centroids, load_init, param_groups
 from asit_embed.training.losses import AAMSoftmax, accuracy, margin_at
 from asit_embed.training.metrics import evaluate_embeddings
 from asit_embed.training.runs import Budget, LoopConfig, RunFolder, lr_at, seed_all
@@ -174,27 +175,6 @@ class _Trainable(nn.Module):
         return loss, cosine, distill
 
 
-def _param_groups(model: _Trainable, depth: int, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: no decay on norms/biases/tokens; optional layer-wise lr decay over the blocks."""
-    def layer_id(name: str) -> int:
-        if name.startswith("encoder.blocks."):
-            return int(name.split(".")[2]) + 1
-        if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.pos_embed")):
-            return 0
-        return depth + 1
-
-    groups: dict[tuple[int, bool, bool], dict] = {}
-    for name, p in model.named_parameters():
-        no_decay = p.ndim == 1 or name.endswith(("cls_token", "pos_embed"))
-        lid = layer_id(name)
-        network = name.startswith("encoder.")
-        g = groups.setdefault((lid, no_decay, network), {
-            "params": [], "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-            "lr_scale": cfg.layer_decay ** (depth + 1 - lid), "network": network})
-        g["params"].append(p)
-    return list(groups.values())
-
-
 def _build_asit(cfg: TrainConfig, state: dict | None, train_items: list[Item]) -> Network:
     if state is not None:
         enc_cfg = EncoderConfig.from_dict(state["encoder_config"])
@@ -267,7 +247,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
                                                   scale=cfg.scale),
                        TeacherHead(network.embedding_dim, teacher.shape[1], relation=cfg.w_relation,
                                    teacher_mean=teacher.mean(0)) if teacher is not None else None)
-    opt = torch.optim.AdamW(_param_groups(model, network.depth, cfg), lr=cfg.lr)
+    opt = torch.optim.AdamW(param_groups(model, network.depth, weight_decay=cfg.weight_decay,
+                                         layer_decay=cfg.layer_decay), lr=cfg.lr)
     start_epoch, best = 0, {"dev_eer": math.inf}
     budget = Budget(cfg.max_minutes, state["elapsed"] if state else 0.0)
     if state is not None:
@@ -376,25 +357,6 @@ def random_length(spec: torch.Tensor, min_frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_centroids(network: Network, data: CropDataset, device: torch.device, *, crops: int = 4,
-                    batch_size: int = 64) -> torch.Tensor:
-    """``(num_classes, dim)`` unit-norm mean embeddings of ``crops`` un-augmented crops per class.
-
-    Runs under the caller's seed, so every process of a data-parallel run computes the same weights."""
-    module = network.module.to(device)
-    was_training = module.training
-    module.eval()
-    picks = [i for c in range(data.num_speakers)
-             for i in (data.labels == c).nonzero().flatten()[torch.randperm(int((data.labels == c).sum()))[:crops]]]
-    sums = torch.zeros(data.num_speakers, network.embedding_dim)
-    for start in range(0, len(picks), batch_size):
-        idx = [int(i) for i in picks[start:start + batch_size]]
-        emb = module(network.front_end(torch.stack([data[i][0] for i in idx])).to(device)).float().cpu()
-        sums.index_add_(0, data.labels[idx], nn.functional.normalize(emb, dim=1))
-    module.train(was_training)
-    return nn.functional.normalize(sums, dim=1)
-
-
 def _teacher_targets(cfg: TrainConfig, items: list[Item], run: RunFolder, world: int, main: bool) -> torch.Tensor:
     """``(len(items), 256)`` teacher embeddings of the training clips, computed once into the cache (by the
     first process under ``torchrun``; the others wait for it)."""
@@ -411,17 +373,3 @@ def _teacher_targets(cfg: TrainConfig, items: list[Item], run: RunFolder, world:
 
 def _metadata(cfg: TrainConfig, labels: SpeakerLabels, best: dict, world: int) -> dict:
     return {"speakers": labels.names, "train": {**cfg.to_dict(), "world_size": world}, "dev": best}
-
-
-def load_init(encoder: ASiTEncoder, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy every encoder weight from ``state``; any missing or mis-shaped tensor is an error. A whitening in
-    ``state`` (``tools/whiten.py``) is left out: it was fitted to the weights being trained away from."""
-    own = encoder.state_dict()
-    if any(k.startswith("whitening.") for k in state):
-        log.info("%s carries a whitening; fine-tuning starts without it (tools/whiten.py fits a new one)", source)
-    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    if bad:
-        details = ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'missing'} vs {tuple(own[k].shape)}"
-                            for k in bad[:5])
-        raise ValueError(f"{source!r} does not fit this encoder: {details}")
-    encoder.load_state_dict({k: state[k] for k in own})

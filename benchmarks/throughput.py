@@ -1,6 +1,7 @@
 """Embedding throughput: our encoder (each backend / precision) vs SpeechBrain's ECAPA-TDNN C=512, in one process.
 
     python benchmarks/throughput.py [--repeats 5] [--threads 2] [--backends torch onnx] [--bf16 | --no-bf16]
+                                    [--result benchmarks/results/throughput.json]
 
 The same clips for every system: real speech from the bundled clips (``examples/clips``), cut or tiled to
 3 s and 10 s. Each figure is audio-seconds embedded per wall-second, from waveform to embedding (the
@@ -10,12 +11,13 @@ not depend on them) and embeds each clip whole, as it is normally used. With ``-
 CPU has native bfloat16) both our torch backend and ECAPA also run under bfloat16 autocast, so each
 precision has its peer; ``vs_ecapa`` is against float32 ECAPA, ``vs_ecapa_same_precision`` against ECAPA in
 the same precision. Resemblyzer (when ``asit-embed[train]`` is installed) embeds one clip at a time with its own
-preprocessing (volume normalisation, VAD trimming), as its users call it. Writes
-``benchmarks/results/throughput.json``.
+preprocessing (volume normalisation, VAD trimming), as its users call it. Writes ``--result`` (default
+``benchmarks/results/throughput.json``), with the CPU's model name and whether it has native bfloat16.
 """
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
@@ -30,6 +32,7 @@ from _common import RESULTS  # noqa: E402
 from peers import ECAPA, RESEMBLYZER_NAME, resemblyzer  # noqa: E402
 
 from asit_embed import load_audio, load_encoder  # noqa: E402
+from asit_embed.encoder import native_bfloat16  # noqa: E402
 
 CLIPS = Path(__file__).resolve().parents[1] / "examples" / "clips"
 RATE = 16000
@@ -50,6 +53,15 @@ def clips_of(seconds: float, n: int) -> list[np.ndarray]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` is empty on Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
@@ -58,6 +70,7 @@ def main() -> int:
     p.add_argument("--backends", nargs="+", default=["torch", "onnx"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
                    help="also run both models under bfloat16 autocast (default: where the CPU has native bf16)")
+    p.add_argument("--result", type=Path, default=RESULTS / "throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.bf16 is None:
@@ -120,9 +133,10 @@ def main() -> int:
                 print(f"{seconds:4.0f} s  B{batch:<3} {name:<30} {x:8.1f}x real time  {rows[-1]['vs_ecapa']:5.2f}x ECAPA"
                       + (f"  ({rows[-1]['vs_ecapa_same_precision']:.2f}x in its precision)" if name in peer else ""),
                       flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(),
-                                                         "rows": rows}, indent=2) + "\n")
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    settings = {**vars(args), "result": str(args.result)}
+    args.result.write_text(json.dumps({"settings": settings, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+                                       "native_bf16": native_bfloat16(), "rows": rows}, indent=2) + "\n")
     return 0
 
 

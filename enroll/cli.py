@@ -132,7 +132,7 @@ def cmd_check(args) -> int:
     from pathlib import Path
 
     from enroll.errors import RegistryDatabaseError
-    from enroll.store import salvage
+    from enroll.salvage import salvage
 
     salvaged = None
     try:

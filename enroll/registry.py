@@ -152,7 +152,7 @@ class SpeakerRegistry:
         file present and intact (checksum; one behind the store, as another writer may leave it, is a note,
         not a problem); the index finding every speaker. With ``repair``, templates are recomputed and the
         index rebuilt and saved. Returns ``{"ok", "problems", "repaired", "notes"}`` (a damaged database cannot be opened at all: see
-        :func:`enroll.store.salvage`, which ``asit-enroll check --repair`` runs)."""
+        :func:`enroll.salvage.salvage`, which ``asit-enroll check --repair`` runs)."""
         problems, repaired, notes = [], [], []
         integrity = self._store.integrity()
         if integrity != ["ok"]:

@@ -29,7 +29,8 @@ another site are refused, so no web page can change the registry from a visitor'
 ``token``, every API call needs ``Authorization: Bearer <token>`` (the upload page asks for it once). The
 page may not be framed (``X-Frame-Options``, CSP ``frame-ancestors 'none'``) and loads only its own files.
 
-Uploads are read into memory and decoded from bytes; nothing is written under a name the client chose.
+Uploads are read into memory and decoded from bytes (:mod:`enroll.uploads`); nothing is written under a
+name the client chose.
 A registry's SQLite connection and index belong to one thread, so each server thread opens its own
 registry on the same directory; SQLite's write lock orders their changes as it does across processes.
 """
@@ -42,20 +43,15 @@ import logging
 import os
 import threading
 import time
-from pathlib import PureWindowsPath
 from urllib.parse import urlsplit
 
-import numpy as np
-import soundfile as sf
 from flask import Blueprint, Flask, Request, current_app, g, jsonify, render_template, request
-from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import (BadRequest, Forbidden, HTTPException, RequestEntityTooLarge, ServiceUnavailable,
-                                 Unauthorized, UnsupportedMediaType)
+from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, RequestEntityTooLarge, Unauthorized
 
 from asit_embed import AudioError
-from asit_embed.audio import AUDIO_SUFFIXES
 from enroll.errors import ReadOnlyRegistryError
 from enroll.registry import RegistryError, SpeakerRegistry, UnknownSpeakerError, validate_name
+from enroll.uploads import audio_uploads
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +282,7 @@ def get_speaker(name: str):
 def enroll(name: str):
     name = _name(name)
     replace, duplicates = _flag("replace"), _flag("allow_duplicates")
-    clips = _uploads("files", many=True)
+    clips = audio_uploads("files", _service(), many=True)
     svc = _service()
     reg = svc.registry
     created = name not in reg
@@ -321,7 +317,7 @@ def rename(name: str):
 @api.post("/identify")
 def identify():
     k = _k()
-    (clip,) = _uploads("file", many=False)
+    (clip,) = audio_uploads("file", _service(), many=False)
     svc = _service()
     reg = svc.registry
     matches = reg.identify(clip, k=k, sample_rate=svc.encoder.sample_rate)
@@ -334,7 +330,7 @@ def verify(name: str):
     svc = _service()
     reg = svc.registry
     reg.speaker(name)  # an unknown name is a 404 before the upload is decoded
-    (clip,) = _uploads("file", many=False)
+    (clip,) = audio_uploads("file", _service(), many=False)
     return jsonify(**reg.verify(name, clip, sample_rate=svc.encoder.sample_rate).to_dict(),
                    threshold=round(reg.verify_threshold, 4))
 
@@ -364,58 +360,6 @@ def _k() -> int:
     if not 1 <= k <= MAX_K:
         raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
     return k
-
-
-def _uploads(field: str, *, many: bool) -> list[np.ndarray]:
-    """The audio files of multipart ``field``, decoded to ``(samples,)`` float32 at the encoder's rate."""
-    files = [f for f in request.files.getlist(field) if f.filename]  # a form's empty file input has no name
-    if not files:
-        what = "one or more audio files" if many else "an audio file"
-        raise BadRequest(f"expected {what} in multipart form field {field!r}")
-    if not many and len(files) > 1:
-        raise BadRequest(f"expected one audio file in field {field!r}, got {len(files)}")
-    svc = _service()
-    if len(files) > svc.max_files:
-        raise RequestEntityTooLarge(f"{len(files)} files in one request; at most {svc.max_files} are accepted")
-    waves, total = [], 0.0
-    for f in files:
-        waves.append(_decode(f))
-        total += waves[-1].shape[0] / svc.encoder.sample_rate
-        if total > svc.max_request_seconds:
-            raise RequestEntityTooLarge(f"more than {svc.max_request_seconds:g} s of audio in one request")
-        if time.monotonic() - g.started > svc.max_request_wall:
-            raise ServiceUnavailable(f"the request's uploads took more than {svc.max_request_wall:g} s to read "
-                                     "and decode; send fewer or shorter files")
-    return waves
-
-
-def _decode(upload: FileStorage) -> np.ndarray:
-    svc = _service()
-    label = repr(upload.filename)
-    suffix = PureWindowsPath(upload.filename).suffix.lower()  # splits on both '/' and '\'
-    if suffix not in AUDIO_SUFFIXES and not upload.mimetype.startswith("audio/"):
-        raise UnsupportedMediaType(f"{label} ({upload.mimetype or 'no content type'}) is not an audio file; "
-                                   "send wav, flac, ogg or mp3")
-    data = upload.read()
-    seconds = _header_seconds(data)  # refuse a long clip before decoding it
-    if seconds is None or seconds <= svc.max_seconds:
-        try:
-            wave = svc.encoder.prepare(data)
-        except AudioError as err:
-            raise AudioError(f"{label}: {err}") from err
-        seconds = wave.shape[0] / svc.encoder.sample_rate
-    if seconds > svc.max_seconds:
-        raise RequestEntityTooLarge(f"{label} is {seconds:.1f} s long; at most {svc.max_seconds:g} s per clip "
-                                    "is accepted")
-    return wave
-
-
-def _header_seconds(data: bytes) -> float | None:
-    """Duration from the file's header, or None where the header does not tell (decoding will)."""
-    try:
-        return float(sf.info(io.BytesIO(data)).duration)
-    except (RuntimeError, ValueError, TypeError):
-        return None
 
 
 # --- responses ----------------------------------------------------------------------------------------------

@@ -92,6 +92,23 @@ def test_train_crop_frames_feeds_longer_crops_to_the_same_table(tmp_path, clips_
         TrainConfig(data="x.csv", train_crop_frames=-1)
 
 
+def test_class_centroids_are_unit_means_without_a_graph(clips_manifest):
+    from asit_embed.model import EncoderConfig
+    from asit_embed.training.data import CropDataset, SpeakerLabels, load_sources
+    from asit_embed.training.finetune import class_centroids
+    from asit_embed.training.train import asit_network
+
+    items = load_sources(str(clips_manifest), role=None)
+    labels = SpeakerLabels([it.speaker for it in items])
+    data = CropDataset(items, labels, crop_samples=16000, sample_rate=16000)
+    network = asit_network(ASiTEncoder(EncoderConfig.from_dict(TINY)).train())
+    torch.manual_seed(0)
+    weights = class_centroids(network, data, torch.device("cpu"), crops=2, batch_size=4)
+    assert weights.shape == (len(labels), 32) and not weights.requires_grad  # no graph kept over the batches
+    assert torch.allclose(weights.norm(dim=1), torch.ones(len(labels)), atol=1e-5)
+    assert network.module.training  # left in the mode it was in
+
+
 def test_random_length_cuts_the_whole_batch_to_one_stretch():
     spec = torch.arange(2 * 3 * 200, dtype=torch.float32).view(2, 3, 200)
     assert random_length(spec, 0) is spec and random_length(spec, 200) is spec

@@ -33,7 +33,7 @@ def load_init(encoder: ASiTEncoder, state: dict[str, torch.Tensor], source: str)
     encoder.load_state_dict({k: state[k] for k in own})
 
 
-@torch.no_grad()  # only the means are kept: no graph over hundreds of batches
+@torch.no_grad()
 def class_centroids(network: Network, data: CropDataset, device: torch.device, *, crops: int = 4,
                     batch_size: int = 64) -> torch.Tensor:
     """``(num_classes, dim)`` unit-norm mean embeddings of ``crops`` un-augmented crops per class.

@@ -356,7 +356,6 @@ def random_length(spec: torch.Tensor, min_frames: int) -> torch.Tensor:
     return spec[..., start:start + n]
 
 
-@torch.no_grad()
 def _teacher_targets(cfg: TrainConfig, items: list[Item], run: RunFolder, world: int, main: bool) -> torch.Tensor:
     """``(len(items), 256)`` teacher embeddings of the training clips, computed once into the cache (by the
     first process under ``torchrun``; the others wait for it)."""

@@ -29,34 +29,32 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asit-embed doctor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fix", action="store_true", help="remove torchaudio's extension when it cannot load")
-    return run(fix=p.parse_args(argv).fix)
+    ok, message = check(fix=p.parse_args(argv).fix)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
-def run(*, fix: bool) -> int:
+def check(*, fix: bool) -> tuple[bool, str]:
+    """``(torchaudio imports now, what was found or done)``; with ``fix``, the extension that cannot load is
+    removed first."""
     ok, err = _import_ok()
     if ok:
-        print("torchaudio imports cleanly; nothing to do")
-        return 0
+        return True, "torchaudio imports cleanly; nothing to do"
     spec = importlib.util.find_spec("torchaudio")
     if spec is None or spec.origin is None:
-        print("torchaudio is not installed", file=sys.stderr)
-        return 1
+        return False, "torchaudio is not installed"
     if "Could not load this library" not in err and "libc10_cuda" not in err:
-        print(f"torchaudio fails to import for another reason: {err}", file=sys.stderr)
-        return 1
+        return False, f"torchaudio fails to import for another reason: {err}"
     if not fix:
-        print(f"torchaudio's compiled extension cannot load ({err}); {HINT}", file=sys.stderr)
-        return 1
+        return False, f"torchaudio's compiled extension cannot load ({err}); {HINT}"
     lib = pathlib.Path(spec.origin).parent / "lib"
     removed = sorted(lib.glob("*.so"))
     for so in removed:
         so.unlink()
     ok, err = _import_ok()
     if not ok:
-        print(f"torchaudio still fails after removing its extensions: {err}", file=sys.stderr)
-        return 1
-    print(f"removed {len(removed)} CUDA-linked torchaudio extension(s); torchaudio runs in pure-Python mode")
-    return 0
+        return False, f"torchaudio still fails after removing its extensions: {err}"
+    return True, f"removed {len(removed)} CUDA-linked torchaudio extension(s); torchaudio runs in pure-Python mode"
 
 
 if __name__ == "__main__":

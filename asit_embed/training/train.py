@@ -217,7 +217,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    if world > 1 and not dist.is_initialized():
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main = rank == 0
     run = RunFolder(cfg.out_dir, STATE_FORMAT)
@@ -342,6 +343,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, network: Network | None = N
             break
     if world > 1:
         dist.barrier()
+    if own_group:  # a gloo group left to the interpreter's exit can abort a process ("terminate called ...")
+        dist.destroy_process_group()
     return record
 
 

@@ -38,6 +38,10 @@ class Checkpoint:
         try:
             if "whitening.mean" in self.state_dict or "whitening.matrix" in self.state_dict:
                 model.set_whitening(self.state_dict.get("whitening.mean"), self.state_dict.get("whitening.matrix"))
+            if any(k.startswith("prehead.") for k in self.state_dict):
+                model.set_prehead(self.state_dict.get("prehead.whitening.mean"),
+                                  self.state_dict.get("prehead.whitening.matrix"),
+                                  float(self.state_dict.get("prehead.share", torch.tensor(0.0))))
             model.load_state_dict(self.state_dict)
         except (RuntimeError, ValueError) as err:
             raise CheckpointError(f"checkpoint weights do not fit its config: {err}") from err
@@ -49,9 +53,10 @@ def save_checkpoint(path: str | os.PathLike, model: ASiTEncoder, *, metadata: di
     """Write ``model`` (config + weights) and JSON-serialisable ``metadata`` to ``path``.
 
     Args:
-        half: store floating-point weights as float16 (half the size; loaded back as float32).
+        half: store floating-point weights as float16 (half the size; loaded back as float32); scalars (a
+            pre-head share) keep their precision.
     """
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+    state = {k: (v.half() if half and v.is_floating_point() and v.ndim else v).detach().cpu().clone()
              for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
                "state_dict": state, "metadata": dict(metadata or {})}

@@ -219,7 +219,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     encoder = load_encoder(args.checkpoint)
     path = export_onnx(encoder.model, args.onnx, fingerprint=encoder.fingerprint)
     print(f"wrote {path} (encoder {encoder.fingerprint}; inputs spec (batch, {encoder.config.n_mels}, frames) "
-          f"and lengths (batch,), output embedding (batch, {encoder.dim}))")
+          f"and lengths (batch,), output embedding (batch, {encoder.model.window_dim}) per window; "
+          f"clip embeddings of {encoder.dim} dims)")
     return 0
 
 

@@ -84,7 +84,7 @@ class SpeakerEncoder:
 
     Clips longer than ``config.window_frames`` are cut into windows (:meth:`windows`); the unit-norm window
     embeddings are averaged, through the checkpoint's whitening if it has one
-    (:class:`~asit_embed.model.Whitening`), and renormalised. Windows of many clips
+    (:class:`~asit_embed.model.Whitening`, and :class:`~asit_embed.model.PreHead`), and renormalised. Windows of many clips
     are batched together, padded and masked.
     """
 
@@ -149,8 +149,9 @@ class SpeakerEncoder:
 
     @property
     def dim(self) -> int:
-        """Embedding size."""
-        return self.config.embedding_dim
+        """Embedding size: ``config.embedding_dim``, plus the size of the checkpoint's pre-head analysis if it
+        has one (:class:`~asit_embed.model.PreHead`)."""
+        return self.model.output_dim
 
     @property
     def sample_rate(self) -> int:
@@ -286,13 +287,13 @@ class SpeakerEncoder:
             count += block.shape[0]
         stream.check(self.config.min_seconds)
         windows = self.windows(count)
-        sums, batch = torch.zeros(self.dim, dtype=torch.float64), []
+        sums, batch = torch.zeros(self.model.window_dim, dtype=torch.float64), []
         for i, window in enumerate(normalized_windows(stream, front_end, windows, (total / count).float())):
             batch.append(window)
             if len(batch) == batch_size or i == len(windows) - 1:
                 spec = torch.stack(batch).transpose(1, 2).to(self.device)
                 lengths = torch.full((len(batch),), spec.shape[-1], device=self.device)
-                emb = torch.nn.functional.normalize(self._run(spec, lengths).float().cpu(), dim=1)
+                emb = self.model.unit_windows(self._run(spec, lengths).cpu())
                 sums += emb.sum(0, dtype=torch.float64)
                 batch = []
         embedding = self._finish(sums.float()[None])[0].numpy()
@@ -326,7 +327,7 @@ class SpeakerEncoder:
                 windows.append(feats[start:stop])
                 owner.append(i)
         n = owner[-1] + 1 if owner else 0
-        sums = torch.zeros(n, self.dim)
+        sums = torch.zeros(n, self.model.window_dim)
         # Longest first so each batch pads little; results do not depend on the grouping (masks).
         order = sorted(range(len(windows)), key=lambda j: -windows[j].shape[0])
         for b in range(0, len(order), batch_size):
@@ -335,15 +336,16 @@ class SpeakerEncoder:
             spec = torch.zeros(len(idx), int(lengths.max()), self.config.n_mels)
             for row, j in enumerate(idx):
                 spec[row, : lengths[row]] = windows[j]
-            emb = self._run(spec.transpose(1, 2).to(self.device), lengths.to(self.device)).float().cpu()
-            emb = torch.nn.functional.normalize(emb, dim=1)
+            emb = self._run(spec.transpose(1, 2).to(self.device), lengths.to(self.device)).cpu()
+            emb = self.model.unit_windows(emb)
             sums.index_add_(0, torch.tensor([owner[j] for j in idx]), emb)
         return self._finish(sums).numpy()
 
     def _finish(self, sums: torch.Tensor) -> torch.Tensor:
         """Clip embeddings from the sums of their unit-norm window embeddings: whitened (where the checkpoint
-        has a whitening) and unit norm. The whitening maps the average, not each window: on the dev sets that
-        scores better for clips of several windows (README, "Whitening")."""
+        has a whitening), beside their pre-head analysis (where it has one), and unit norm. The whitening maps
+        the average, not each window: on the dev sets that scores better for clips of several windows (README,
+        "Whitening")."""
         return torch.nn.functional.normalize(self.model.whiten(sums.to(self.device)).cpu(), dim=1)
 
     def windows(self, frames: int) -> list[tuple[int, int]]:

@@ -5,7 +5,9 @@ frame axes and returns the un-normalised window embeddings, exactly like :meth:`
 front-end (fbank), windowing and the whitening of a clip's averaged embedding stay in
 :class:`~asit_embed.SpeakerEncoder`, shared by every backend. For other runtimes the graph's metadata holds
 the config, the fingerprint and, for a checkpoint with a :class:`~asit_embed.model.Whitening`, its ``mean``
-and ``matrix`` (``asit_embed.whitening``, JSON).
+and ``matrix`` (``asit_embed.whitening``, JSON); with a :class:`~asit_embed.model.PreHead`, the graph's
+output is the window embedding followed by the head's input (:meth:`ASiTEncoder.forward`), and the
+metadata holds that analysis's ``mean``, ``matrix`` and ``share`` (``asit_embed.prehead``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def export_onnx(model: ASiTEncoder, path: str | os.PathLike, *, fingerprint: str
         if model.whitening is not None:
             metadata["asit_embed.whitening"] = json.dumps({"mean": model.whitening.mean.tolist(),
                                                            "matrix": model.whitening.matrix.tolist()})
+        if model.prehead is not None:
+            pre = model.prehead
+            metadata["asit_embed.prehead"] = json.dumps({"mean": pre.whitening.mean.tolist(),
+                                                         "matrix": pre.whitening.matrix.tolist(),
+                                                         "share": float(pre.share)})
         for key, value in metadata.items():
             graph.metadata_props.add(key=key, value=value)
         onnx.save(graph, tmp)

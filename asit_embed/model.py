@@ -5,7 +5,8 @@ optional stride for overlap), a CLS token is prepended, and pre-norm transformer
 embedding head fuses the *global* CLS token with *local* attentive statistics pooled over the patch tokens
 and projects the result to the speaker-embedding size. A checkpoint may carry a fixed :class:`Whitening`,
 fitted on the training speakers' embeddings once training is done (``tools/whiten.py``), which
-:class:`~asit_embed.encoder.SpeakerEncoder` applies to a clip's embedding after averaging its windows.
+:class:`~asit_embed.encoder.SpeakerEncoder` applies to a clip's embedding after averaging its windows, and
+a :class:`PreHead` branch: a second analysis, of the head's input, whose output joins the embedding.
 
 Tokens are ordered time-major (all frequency patches of time step 0, then of step 1, ...), so the valid
 tokens of a zero-padded clip always form a prefix and a batch of clips of different lengths gives the same
@@ -99,6 +100,8 @@ class Block(nn.Module):
 
 class Whitening(nn.Module):
     """A fixed affine map of the unit-norm embedding, ``(e / |e| - mean) @ matrix``, fitted after training.
+    ``matrix`` is ``(d, k)`` with ``k <= d``: square for the embedding's whitening, fewer columns for a
+    :class:`PreHead` analysis, which keeps its first ``k`` directions.
 
     ``tools/whiten.py`` fits it as a linear discriminant analysis of the training speakers' embeddings
     (:func:`asit_embed.training.backend.fit_whitening`): centred, and scaled so that the spread of one
@@ -113,15 +116,40 @@ class Whitening(nn.Module):
 
     def __init__(self, mean: torch.Tensor, matrix: torch.Tensor):
         super().__init__()
-        if mean.ndim != 1 or matrix.shape != (len(mean), len(mean)):
-            raise ValueError(f"whitening needs a (d,) mean and a (d, d) matrix, got {tuple(mean.shape)} and "
-                             f"{tuple(matrix.shape)}")
+        if mean.ndim != 1 or matrix.ndim != 2 or matrix.shape[0] != len(mean) or not 0 < matrix.shape[1] <= len(mean):
+            raise ValueError(f"whitening needs a (d,) mean and a (d, k) matrix with 0 < k <= d, got "
+                             f"{tuple(mean.shape)} and {tuple(matrix.shape)}")
         self.register_buffer("mean", mean.detach().float().clone())
         self.register_buffer("matrix", matrix.detach().float().clone())
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         with torch.autocast(e.device.type, enabled=False):
             return (F.normalize(e.float(), dim=1) - self.mean) @ self.matrix
+
+
+class PreHead(nn.Module):
+    """A second analysis of a clip, beside its (whitened) embedding: of the ``3 * width`` features the
+    embedding head reads (CLS token ⊕ attentive mean and standard deviation of the patch tokens), which hold
+    speaker information the head's projection drops.
+
+    ``tools/whiten.py --prehead-share`` fits it like the whitening (a linear discriminant analysis of the
+    training speakers, :func:`asit_embed.training.backend.fit_whitening`) and keeps its first ``k``
+    directions. The clip embedding becomes ``[sqrt(1 - share) * e, sqrt(share) * p]`` for the unit vectors
+    ``e`` (the whitened embedding) and ``p`` (this analysis), still unit norm, so its cosine is
+    ``(1 - share) * cos(e) + share * cos(p)``: a fusion of two scores that a registry and FAISS's inner
+    product compute in one product. Fixed after training; part of the weights and the fingerprint.
+    """
+
+    def __init__(self, mean: torch.Tensor, matrix: torch.Tensor, share: float):
+        super().__init__()
+        if not 0 < float(share) < 1:
+            raise ValueError(f"pre-head share {float(share)} must lie in (0, 1)")
+        self.whitening = Whitening(mean, matrix)
+        self.register_buffer("share", torch.tensor(float(share)))
+
+    @property
+    def dim(self) -> int:
+        return self.whitening.matrix.shape[1]
 
 
 class ASiTEncoder(nn.Module):
@@ -147,6 +175,7 @@ class ASiTEncoder(nn.Module):
         self.head = nn.Linear(3 * d, config.embedding_dim)
         self.head_norm = nn.BatchNorm1d(config.embedding_dim)
         self.whitening: Whitening | None = None  # set by set_whitening (state_dict keys "whitening.*")
+        self.prehead: PreHead | None = None  # set by set_prehead (state_dict keys "prehead.*")
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
@@ -204,25 +233,59 @@ class ASiTEncoder(nn.Module):
             x = block(x, attn_mask)
         return self.norm(x), mask
 
-    def forward_head(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Fuse the global CLS token with attentive statistics of the patch tokens: ``(batch, embedding_dim)``."""
+    def head_input(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The global CLS token beside attentive statistics of the patch tokens: ``(batch, 3 * width)``."""
         cls, patches = tokens[:, 0], tokens[:, 1:]
         rel = None
         if mask is not None:
             # SpeechBrain masks positions < rel·L; half a token below the count keeps float error out of it.
             rel = (mask.sum(1).to(patches.dtype) - 0.5) / patches.shape[1]
         stats = self.pool(patches.transpose(1, 2), rel).squeeze(-1)  # (B, 2D)
-        return self.head_norm(self.head(torch.cat([cls, stats], dim=1)))
+        return torch.cat([cls, stats], dim=1)
+
+    def forward_head(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Fuse the global CLS token with attentive statistics of the patch tokens: ``(batch, embedding_dim)``."""
+        return self.head_norm(self.head(self.head_input(tokens, mask)))
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Speaker embeddings of windows (not yet unit-normalised, nor whitened): ``(batch, embedding_dim)``."""
+        """Speaker embeddings of windows (not yet unit-normalised, nor whitened): ``(batch, embedding_dim)``;
+        with a :class:`PreHead`, the head's input follows: ``(batch, window_dim)``."""
         tokens, mask = self.forward_features(spec, lengths)
-        return self.forward_head(tokens, mask)
+        x = self.head_input(tokens, mask)
+        e = self.head_norm(self.head(x))
+        return e if self.prehead is None else torch.cat([e, x], dim=1)
+
+    @property
+    def window_dim(self) -> int:
+        """Size of :meth:`forward`'s output."""
+        return self.config.embedding_dim + (0 if self.prehead is None else 3 * self.config.width)
+
+    @property
+    def output_dim(self) -> int:
+        """Size of a clip embedding (:meth:`whiten`'s output)."""
+        return self.config.embedding_dim + (0 if self.prehead is None else self.prehead.dim)
+
+    def unit_windows(self, e: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s output unit-normalised, each part (embedding, head input) on its own, in float32:
+        what a clip's windows are averaged as."""
+        e = e.float()
+        if self.prehead is None:
+            return F.normalize(e, dim=1)
+        d = self.config.embedding_dim
+        return torch.cat([F.normalize(e[:, :d], dim=1), F.normalize(e[:, d:], dim=1)], dim=1)
 
     def whiten(self, e: torch.Tensor) -> torch.Tensor:
-        """Clip embeddings ``(batch, embedding_dim)`` through the :class:`Whitening`, if the model has one
-        (unit-normalised first either way)."""
-        return F.normalize(e.float(), dim=1) if self.whitening is None else self.whitening(e)
+        """Clip embeddings ``(batch, window_dim)`` through the :class:`Whitening`, if the model has one
+        (unit-normalised first either way), and beside them their :class:`PreHead` analysis, if it has one
+        (then unit norm: ``(batch, output_dim)``)."""
+        d = self.config.embedding_dim
+        head = e[:, :d] if self.prehead is not None else e
+        out = F.normalize(head.float(), dim=1) if self.whitening is None else self.whitening(head)
+        if self.prehead is None:
+            return out
+        share = float(self.prehead.share)
+        pre = F.normalize(self.prehead.whitening(e[:, d:]), dim=1)
+        return torch.cat([(1 - share) ** 0.5 * F.normalize(out, dim=1), share ** 0.5 * pre], dim=1)
 
     def set_whitening(self, mean: torch.Tensor | None, matrix: torch.Tensor | None = None) -> None:
         """Add (or replace) the :class:`Whitening` of clip embeddings; ``None`` removes it."""
@@ -234,7 +297,22 @@ class ASiTEncoder(nn.Module):
             raise ValueError("a whitening needs a matrix beside its mean")
         if tuple(mean.shape) != (d,):
             raise ValueError(f"whitening mean of shape {tuple(mean.shape)} does not fit embedding_dim {d}")
+        if tuple(matrix.shape) != (d, d):
+            raise ValueError(f"whitening matrix of shape {tuple(matrix.shape)} is not ({d}, {d})")
         self.whitening = Whitening(mean, matrix).to(self.head.weight.device)
+
+    def set_prehead(self, mean: torch.Tensor | None, matrix: torch.Tensor | None = None, share: float = 0.5) -> None:
+        """Add (or replace) the :class:`PreHead` analysis: ``mean (3 * width,)``, ``matrix (3 * width, k)``
+        and the share of the cosine it carries; ``None`` removes it."""
+        if mean is None:
+            self.prehead = None
+            return
+        d = 3 * self.config.width
+        if matrix is None:
+            raise ValueError("a pre-head analysis needs a matrix beside its mean")
+        if tuple(mean.shape) != (d,):
+            raise ValueError(f"pre-head mean of shape {tuple(mean.shape)} does not fit the head's input of {d}")
+        self.prehead = PreHead(mean, matrix, share).to(self.head.weight.device)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -250,4 +328,4 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
 
-__all__ = ["EncoderConfig", "ASiTEncoder", "Whitening", "PatchEmbed", "Attention", "Block", "asit_tiny", "asit_small"]
+__all__ = ["EncoderConfig", "ASiTEncoder", "Whitening", "PreHead", "PatchEmbed", "Attention", "Block", "asit_tiny", "asit_small"]

@@ -68,7 +68,8 @@ def test_cli_export_writes_a_graph_that_names_its_encoder(tmp_path, encoder, cap
     assert "wrote" in capsys.readouterr().out
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["asit_embed.fingerprint"] == encoder.fingerprint
-    assert json.loads(meta["asit_embed.config"])["embedding_dim"] == encoder.dim
+    assert json.loads(meta["asit_embed.config"])["embedding_dim"] == encoder.config.embedding_dim
+    assert ("asit_embed.prehead" in meta) == (encoder.model.prehead is not None)
 
 
 def test_cli_embed_with_the_onnx_backend(tmp_path, clip_rows, encoder, monkeypatch):
@@ -79,7 +80,8 @@ def test_cli_embed_with_the_onnx_backend(tmp_path, clip_rows, encoder, monkeypat
 
 
 def test_exported_graph_and_its_metadata_reproduce_a_clip_embedding(tmp_path, encoder, clip_rows):
-    """What another runtime needs is in the file: windows through the graph, averaged, whitened per metadata."""
+    """What another runtime needs is in the file: windows through the graph, averaged, whitened per metadata
+    (and, for a checkpoint with a pre-head analysis, joined with that analysis per metadata)."""
     import onnxruntime
     import torch
 
@@ -89,19 +91,53 @@ def test_exported_graph_and_its_metadata_reproduce_a_clip_embedding(tmp_path, en
     assert cli(["export", "--onnx", str(out)]) == 0
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
+    d = encoder.config.embedding_dim
     whitening = json.loads(meta["asit_embed.whitening"])  # the shipped default is whitened
     mean, matrix = np.asarray(whitening["mean"]), np.asarray(whitening["matrix"])
-    assert matrix.shape == (encoder.dim, encoder.dim)
+    assert matrix.shape == (d, d)
+    prehead = json.loads(meta["asit_embed.prehead"]) if "asit_embed.prehead" in meta else None
+    assert (prehead is None) == (encoder.model.prehead is None)
 
     row = max(clip_rows, key=lambda r: float(r["seconds"]))  # several windows
     feats = features(torch.from_numpy(encoder.prepare(row["path"])), encoder.config.front_end).numpy()
     windows = encoder.windows(feats.shape[0])
     assert len(windows) > 1
-    total = np.zeros(encoder.dim)
+    parts = [slice(0, d)] if prehead is None else [slice(0, d), slice(d, None)]
+    totals = [0.0 for _ in parts]
     for a, b in windows:
         e = session.run(None, {"spec": feats[a:b].T[None].astype(np.float32), "lengths": np.array([b - a])})[0][0]
-        total += e / np.linalg.norm(e)
-    clip = total / np.linalg.norm(total)
-    clip = (clip - mean) @ matrix
-    clip /= np.linalg.norm(clip)
+        assert e.shape == (encoder.model.window_dim,)
+        for i, part in enumerate(parts):
+            totals[i] = totals[i] + e[part] / np.linalg.norm(e[part])
+
+    def mapped(total, mean, matrix):
+        x = (total / np.linalg.norm(total) - mean) @ matrix
+        return x / np.linalg.norm(x)
+
+    clip = mapped(totals[0], mean, matrix)
+    if prehead is not None:
+        share = prehead["share"]
+        pre = mapped(totals[1], np.asarray(prehead["mean"]), np.asarray(prehead["matrix"]))
+        clip = np.concatenate([np.sqrt(1 - share) * clip, np.sqrt(share) * pre])
+    assert clip.shape == (encoder.dim,)
     assert float(clip @ encoder.embed(row["path"])) >= 0.9999
+
+
+def test_a_prehead_checkpoint_exports_and_matches_torch(tmp_path, clip_rows, monkeypatch):
+    """A checkpoint with a pre-head analysis (tools/whiten.py --prehead-share) on the ONNX backend."""
+    import torch
+
+    from asit_embed.checkpoint import save_checkpoint
+    from asit_embed.model import ASiTEncoder, asit_tiny
+
+    torch.manual_seed(0)
+    model = ASiTEncoder(asit_tiny(depth=2)).eval()
+    model.set_whitening(torch.zeros(192), torch.eye(192))
+    model.set_prehead(0.01 * torch.randn(576), torch.randn(576, 30), 0.5)
+    path = save_checkpoint(tmp_path / "p.pt", model)
+    monkeypatch.setenv("ASIT_EMBED_CACHE", str(tmp_path / "cache"))
+    paths = [r["path"] for r in clip_rows[:4]]
+    ref = load_encoder(path, precision="float32").embed_batch(paths)
+    onnx = load_encoder(path, backend="onnx")
+    assert onnx.backend == "onnx" and onnx.dim == 222
+    assert (np.sum(onnx.embed_batch(paths) * ref, axis=1) >= 0.9999).all()

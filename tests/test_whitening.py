@@ -144,3 +144,64 @@ def test_fit_whitening_evens_out_the_spread_of_unseen_speakers():
 def test_fit_whitening_refuses_what_it_cannot_fit(x, speakers, match):
     with pytest.raises(ValueError, match=match):
         fit_whitening(x, speakers)
+
+
+def _prehead(model, k=20, share=0.4, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    d = 3 * model.config.width
+    model.set_prehead(0.01 * torch.randn(d, generator=g), torch.randn(d, k, generator=g), share)
+    return model
+
+
+def test_prehead_joins_the_embedding_with_its_share_of_the_cosine(model):
+    _whiten(model)
+    plain = SpeakerEncoder.from_model(model, precision="float32")
+    both = SpeakerEncoder.from_model(_prehead(model, k=20, share=0.4), precision="float32")
+    assert (plain.dim, both.dim, both.model.window_dim) == (192, 212, 192 + 576)
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (1, 7)]  # one window, several
+    e = np.stack([both.embed(w, 16000) for w in waves])
+    assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    # the first part is the whitened embedding, scaled so that it carries 1 - share of the cosine
+    ref = np.stack([plain.embed(w, 16000) for w in waves])
+    assert np.allclose(e[:, :192] / np.sqrt(0.6), ref, atol=1e-4)
+    assert np.allclose(np.linalg.norm(e[:, 192:], axis=1), np.sqrt(0.4), atol=1e-5)
+    assert np.allclose(both.embed_batch(waves, sample_rate=16000), e, atol=1e-5)  # batched as one at a time
+
+
+def test_prehead_checkpoint_round_trips_in_half_precision_with_its_own_fingerprint(model, tmp_path):
+    _whiten(model)
+    whitened_fp = SpeakerEncoder.from_model(model).fingerprint
+    _prehead(model)
+    path = save_checkpoint(tmp_path / "p.pt", model, half=True)
+    loaded = load_checkpoint(path).build()
+    assert loaded.prehead is not None and loaded.output_dim == 212
+    assert float(loaded.prehead.share) == pytest.approx(0.4)
+    assert sorted(k for k in loaded.state_dict() if k.startswith("prehead.")) == [
+        "prehead.share", "prehead.whitening.matrix", "prehead.whitening.mean"]
+    encoder = load_encoder(path, precision="float32")
+    assert encoder.fingerprint != whitened_fp
+    spec = torch.randn(2, 128, 150)
+    with torch.no_grad():
+        a, b = model.whiten(model(spec)), loaded.whiten(loaded(spec))
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.999  # fp16 storage
+
+
+def test_prehead_of_the_wrong_shape_or_share_is_refused(model):
+    with pytest.raises(ValueError, match="head's input"):
+        model.set_prehead(torch.zeros(192), torch.eye(192))
+    with pytest.raises(ValueError, match="matrix"):
+        model.set_prehead(torch.zeros(576), torch.zeros(576, 600))
+    for share in (0.0, 1.0):
+        with pytest.raises(ValueError, match="share"):
+            model.set_prehead(torch.zeros(576), torch.zeros(576, 10), share)
+
+
+def test_fine_tuning_from_a_prehead_checkpoint_drops_it(model, caplog):
+    from asit_embed.training.finetune import load_init
+
+    state = _prehead(_whiten(model)).state_dict()
+    fresh = ASiTEncoder(model.config)
+    with caplog.at_level(logging.INFO, logger="asit_embed.training.finetune"):
+        load_init(fresh, state, "p.pt")
+    assert fresh.whitening is None and fresh.prehead is None and "whitening" in caplog.text

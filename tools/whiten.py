@@ -1,7 +1,7 @@
 """Add a whitening of a trained checkpoint's clip embeddings, fitted on its training speakers.
 
     python tools/whiten.py runs/ft/final.pt runs/ft/whitened.pt [--window-frames 300 --hop-frames 300]
-                           [--shrinkage 0.1 0.05 0.2]
+                           [--shrinkage 0.1 0.05 0.2] [--prehead-share 0.5 0.3 --prehead-shrinkage 0.2 0.1]
 
 Every ``train`` clip of the three corpora is embedded with the checkpoint (with the windows given,
 which are stored in the output's config), and :func:`asit_embed.training.backend.fit_whitening` fits the
@@ -9,9 +9,15 @@ map (a linear discriminant analysis with the first ``--shrinkage``); the output 
 :class:`asit_embed.model.Whitening` in its weights, so its fingerprint changes. ``tools/calibrate.py`` then
 turns it into a shipped default. No ``dev`` audio is used for the fit.
 
+With ``--prehead-share A`` (the first of those given) the output also gets a :class:`asit_embed.model.PreHead`: the same analysis of
+the ``3 * width`` features the embedding head reads (the first ``--prehead-shrinkage``), its first
+``--prehead-dims`` directions (default: one fewer than the training speakers), joined to the whitened
+embedding so that it carries ``A`` of the cosine.
+
 Each ``--shrinkage`` given is fitted and scored, beside the checkpoint without whitening, on both dev sets
 (their protocols, ``asit_embed.training.metrics.PROTOCOLS``), with cosine and with AS-norm (4 clips of every
-training speaker, top 200, as ``tools/calibrate.py`` ships it): ``benchmarks/results/whitening.json``.
+training speaker, top 200, as ``tools/calibrate.py`` ships it), and so is each ``--prehead-share`` with each
+``--prehead-shrinkage``, beside the first whitening: ``benchmarks/results/whitening.json``.
 """
 
 import argparse
@@ -53,40 +59,70 @@ def main() -> int:
     add_data_options(p)
     p.add_argument("--shrinkage", type=float, nargs="+", default=[DEFAULT_SHRINKAGE],
                    help="of the within-speaker covariance; the first is written to OUT, every one is scored")
+    p.add_argument("--prehead-share", type=float, nargs="+",
+                   help="add a pre-head analysis carrying this share of the cosine, in (0, 1) (default: none); "
+                        "the first is written to OUT, every one is scored")
+    p.add_argument("--prehead-shrinkage", type=float, nargs="+", default=[DEFAULT_SHRINKAGE],
+                   help="of the pre-head analysis; the first is written to OUT, every one is scored")
+    p.add_argument("--prehead-dims", type=int, help="directions the pre-head analysis keeps (default: speakers - 1)")
     p.add_argument("--result", type=Path, default=RESULTS / "whitening.json")
     args = p.parse_args()
     t0 = time.monotonic()
     ckpt = load_with_windows(p, args, "the fit")
-    if any(k.startswith("whitening.") for k in ckpt.state_dict):
+    if any(k.startswith(("whitening.", "prehead.")) for k in ckpt.state_dict):
         p.error(f"{args.checkpoint} is whitened already")
+    for share in args.prehead_share or []:
+        if not 0 < share < 1:
+            p.error(f"--prehead-share {share} must lie in (0, 1)")
     train, dev = train_and_dev(args)
     # The whitening maps a clip's finished embedding (SpeakerEncoder applies it after averaging the windows),
     # so every row scores the same plain embeddings, each mapped through its whitening: one embedding pass.
+    # With a pre-head analysis to fit, the pass runs through an identity one at share 1/2: the two halves of
+    # each vector are then the averaged embedding and head input, each unit norm, scaled by sqrt(1/2).
     plain = SpeakerEncoder(ckpt)  # bfloat16 where native: the precision users embed in (cosine >= 0.999)
-    emb = plain.embed_batch([it.path for it in train], progress=True)
+    d, width = ckpt.config.embedding_dim, 3 * ckpt.config.width
+    if args.prehead_share:
+        plain.model.set_prehead(torch.zeros(width), torch.eye(width), 0.5)
+
+    def embed(items) -> np.ndarray:
+        return plain.embed_batch([it.path for it in items], progress=True) * (2 ** 0.5 if args.prehead_share else 1)
+
+    emb = embed(train)
     speakers = [it.speaker for it in train]
     picked = cohort_clips([it.path for it in train], speakers, COHORT_CLIPS)
-    dev = {name: (items, plain.embed_batch([it.path for it in items], progress=True)) for name, items in dev.items()}
-    rows = [{"system": "no whitening", **dev_figures(dev, emb[picked])}]
+    dev = {name: (items, embed(items)) for name, items in dev.items()}
+    rows = [{"system": "no whitening", **dev_figures({n: (it, e[:, :d]) for n, (it, e) in dev.items()}, emb[picked, :d])}]
 
-    for i, shrinkage in enumerate(args.shrinkage):
-        mean, matrix = fit_whitening(emb, speakers, shrinkage=shrinkage)
+    data = (f"{len(train)} train-role clips of the {len(set(speakers))} training speakers of the three corpora, "
+            f"embedded with windows of {ckpt.config.window_frames} frames")
+    kept = {k: v for k, v in ckpt.metadata.items() if k not in CALIBRATION_KEYS}
+    fits = [("whitened", s, None, None) for s in args.shrinkage]
+    fits += [("side by side", args.shrinkage[0], s, a) for a in args.prehead_share or [] for s in args.prehead_shrinkage]
+    written = fits[len(args.shrinkage) if args.prehead_share else 0]  # what OUT holds
+    for system, shrinkage, pre_shrinkage, share in fits:
+        mean, matrix = fit_whitening(emb[:, :d], speakers, shrinkage=shrinkage)
         model = ckpt.build()
         model.set_whitening(torch.from_numpy(mean), torch.from_numpy(matrix))
+        row = {"system": f"{system}, shrinkage {shrinkage:g}", "shrinkage": shrinkage}
+        columns = slice(0, d)
+        if pre_shrinkage is not None:
+            centre, scalings = fit_whitening(emb[:, d:], speakers, shrinkage=pre_shrinkage)
+            k = args.prehead_dims or len(set(speakers)) - 1
+            model.set_prehead(torch.from_numpy(centre), torch.from_numpy(scalings[:, :k]), share)
+            row = {"system": f"{system}, shrinkage {shrinkage:g} / {pre_shrinkage:g}, share {share:g}",
+                   "shrinkage": shrinkage, "prehead": {"shrinkage": pre_shrinkage, "dims": k, "share": share}}
+            columns = slice(None)
 
         def whiten(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return model.whiten(torch.from_numpy(x)).numpy()
+                return model.whiten(torch.from_numpy(np.ascontiguousarray(x[:, columns]))).numpy()
 
-        rows.append({"system": f"whitened, shrinkage {shrinkage:g}", "shrinkage": shrinkage,
-                     **dev_figures({n: (items, whiten(e)) for n, (items, e) in dev.items()}, whiten(emb[picked]))})
-        if i == 0:
-            kept = {k: v for k, v in ckpt.metadata.items() if k not in CALIBRATION_KEYS}
-            metadata = {**kept, "whitening": {
-                "fit": "asit_embed.training.backend.fit_whitening", "shrinkage": shrinkage,
-                "data": f"{len(train)} train-role clips of the {len(set(speakers))} training speakers of the three "
-                        f"corpora, embedded with windows of {ckpt.config.window_frames} frames"}}
-            save_checkpoint(args.out, model, metadata=metadata)
+        rows.append({**row, **dev_figures({n: (items, whiten(e)) for n, (items, e) in dev.items()}, whiten(emb[picked]))})
+        if (system, shrinkage, pre_shrinkage, share) == written:
+            whitening = {"fit": "asit_embed.training.backend.fit_whitening", "shrinkage": shrinkage, "data": data}
+            if pre_shrinkage is not None:
+                whitening["prehead"] = row["prehead"]
+            save_checkpoint(args.out, model, metadata={**kept, "whitening": whitening})
             fingerprint = checkpoint_fingerprint(model.config, model.state_dict())
     for row in rows:
         print(f"{row['system']:<28}", "  ".join(

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 def load_init(encoder: ASiTEncoder, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy every encoder weight from ``state``; any missing or mis-shaped tensor is an error. A whitening in
-    ``state`` (``tools/whiten.py``) is left out: it was fitted to the weights being trained away from."""
+    ``state`` (``tools/whiten.py``, with its pre-head analysis) is left out: it was fitted to the weights being trained away from."""
     own = encoder.state_dict()
-    if any(k.startswith("whitening.") for k in state):
+    if any(k.startswith(("whitening.", "prehead.")) for k in state):
         log.info("%s carries a whitening; fine-tuning starts without it (tools/whiten.py fits a new one)", source)
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if bad:
